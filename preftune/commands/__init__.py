@@ -1,0 +1,1 @@
+"""CLI glue: one module per pipeline stage, each holding Command objects (config class + run function)."""

@@ -1,0 +1,1 @@
+"""Data: formats, readers, conversion into the internal forms, tokenisation, collators."""

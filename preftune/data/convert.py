@@ -1,0 +1,423 @@
+"""Turning rows of any supported format into the internal forms of :mod:`preftune.data.formats`.
+
+Formats (``format=``):
+
+============  ==========================================================================================
+``sft``        ``prompt`` + ``completion``; or ``messages`` (the last assistant turn is the completion);
+               or Alpaca-style ``instruction`` (+ ``input``) + ``output``
+``preference`` ``prompt`` + ``chosen`` + ``rejected`` (+ ``margin``): plain text or conversational; the prompt may be
+               implicit (``chosen``/``rejected`` conversations sharing every turn but the last)
+``hh``         Anthropic HH dialogue: ``chosen``/``rejected`` strings "\\n\\nHuman: … \\n\\nAssistant: …" sharing a prefix
+``ranking``    ``prompt`` + ``responses`` ordered best to worst → all K·(K−1)/2 pairs
+``correction`` ``prompt`` + ``chosen`` + ``rejected`` + ``corrected`` → corrected ≻ chosen, corrected ≻ rejected, chosen ≻ rejected
+``unpaired``   ``prompt`` + ``completion`` + ``label`` (true = desirable), as KTO uses
+``rule``       ``prompt`` + ``response`` + ``rule`` + ``followed`` (true/false)
+``auto``       detected from the first row's fields
+============  ==========================================================================================
+
+Kinds (``kind=``) are what the caller needs: ``sft``, ``preference``, ``unpaired``, ``rule`` or ``ranking``.
+Preference data also gives SFT examples (prompt + chosen) and unpaired ones (chosen → desirable,
+rejected → undesirable); rankings and corrections give pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from preftune.data.formats import (
+    PreferencePair,
+    Ranking,
+    RuleExample,
+    SFTExample,
+    Source,
+    UnpairedExample,
+    correction_pairs,
+)
+from preftune.data.readers import read_rows
+from preftune.errors import DataError, PreftuneError
+
+FORMATS = ("auto", "sft", "preference", "hh", "ranking", "correction", "unpaired", "rule")
+KINDS = ("sft", "preference", "unpaired", "rule", "ranking")
+STARTER_DIR = Path(__file__).parent / "starter"
+STARTER_SPLITS = ("train", "test")
+
+# Which formats can produce which kinds.
+_PRODUCES = {
+    "sft": {"sft"},
+    "preference": {"preference", "sft", "unpaired", "ranking"},
+    "hh": {"preference", "sft", "unpaired", "ranking"},
+    "ranking": {"preference", "sft", "ranking"},
+    "correction": {"preference", "sft"},
+    "unpaired": {"unpaired", "sft"},
+    "rule": {"rule"},
+}
+
+
+@dataclass
+class LoadResult:
+    """What a file gave: the examples, how many rows were read, and every skipped row with its reason."""
+
+    examples: list
+    rows: int
+    skipped: list[tuple[Source, str]] = field(default_factory=list)
+    format: str = ""
+    path: str = ""
+
+    def skip_summary(self) -> str:
+        if not self.skipped:
+            return "no rows skipped"
+        reasons = Counter(reason for _, reason in self.skipped)
+        parts = ", ".join(f"{n} × {reason}" for reason, n in reasons.most_common())
+        return f"skipped {len(self.skipped)} of {self.rows} rows: {parts}"
+
+
+# -- field helpers ---------------------------------------------------------------------------------
+
+
+def _require(row: dict, name: str, source: Source) -> Any:
+    if name not in row or row[name] is None:
+        present = ", ".join(sorted(row)) or "none"
+        raise DataError(f"missing (the row has fields: {present})", file=source.file, row=source.row, field=name)
+    return row[name]
+
+
+def _text(row: dict, name: str, source: Source, *, allow_empty: bool = False) -> str:
+    value = _require(row, name, source)
+    if not isinstance(value, str):
+        raise DataError(f"expected text, got {type(value).__name__}", file=source.file, row=source.row, field=name)
+    if not allow_empty and not value.strip():
+        raise DataError("is empty", file=source.file, row=source.row, field=name)
+    return value
+
+
+def _messages(value: Any, name: str, source: Source) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise DataError("expected a non-empty list of {role, content} messages", file=source.file, row=source.row, field=name)
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise DataError(f"message {i} must be an object with 'role' and 'content'", file=source.file, row=source.row, field=name)
+        if m["role"] not in ("system", "user", "assistant", "tool"):
+            raise DataError(f"message {i} has unknown role '{m['role']}'", file=source.file, row=source.row, field=name)
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _prompt(row: dict, source: Source, name: str = "prompt") -> Any:
+    value = _require(row, name, source)
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError("is empty", file=source.file, row=source.row, field=name)
+        return value
+    messages = _messages(value, name, source)
+    if messages[-1]["role"] == "assistant":
+        raise DataError("a conversational prompt must end with a user (or system) turn, not an assistant one",
+                        file=source.file, row=source.row, field=name)
+    return messages
+
+
+def _completion(row: dict, name: str, source: Source) -> str:
+    """A completion: text, or a conversation whose single (last) turn is the assistant's."""
+    value = _require(row, name, source)
+    if isinstance(value, list):
+        messages = _messages(value, name, source)
+        if len(messages) != 1 or messages[0]["role"] != "assistant":
+            raise DataError("a conversational completion must be exactly one assistant message", file=source.file,
+                            row=source.row, field=name)
+        value = messages[0]["content"]
+    if not isinstance(value, str):
+        raise DataError(f"expected text, got {type(value).__name__}", file=source.file, row=source.row, field=name)
+    if not value.strip():
+        raise DataError("is an empty completion", file=source.file, row=source.row, field=name)
+    return value
+
+
+def _bool(row: dict, name: str, source: Source) -> bool:
+    value = _require(row, name, source)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.strip().lower() in ("true", "yes", "1")
+    raise DataError(f"expected true or false, got {value!r}", file=source.file, row=source.row, field=name)
+
+
+def _distinct(chosen: str, rejected: str, source: Source) -> None:
+    if chosen.strip() == rejected.strip():
+        raise DataError("is identical to 'chosen' (a pair must compare two different responses)", file=source.file,
+                        row=source.row, field="rejected")
+
+
+# -- row converters --------------------------------------------------------------------------------
+
+
+def sft_from_row(row: dict, source: Source) -> SFTExample:
+    if "messages" in row:
+        messages = _messages(row["messages"], "messages", source)
+        if messages[-1]["role"] != "assistant":
+            raise DataError("the last message must be the assistant's reply to learn", file=source.file, row=source.row, field="messages")
+        if len(messages) < 2:
+            raise DataError("needs at least one turn before the assistant's reply", file=source.file, row=source.row, field="messages")
+        if not str(messages[-1]["content"]).strip():
+            raise DataError("the assistant's reply is an empty completion", file=source.file, row=source.row, field="messages")
+        return SFTExample(messages[:-1], messages[-1]["content"], source)
+    if "instruction" in row and "output" in row:
+        instruction = _text(row, "instruction", source)
+        extra = row.get("input") or ""
+        prompt = f"{instruction}\n\n{extra}" if str(extra).strip() else instruction
+        return SFTExample([{"role": "user", "content": prompt}], _completion(row, "output", source), source)
+    return SFTExample(_prompt(row, source), _completion(row, "completion", source), source)
+
+
+def _implicit_prompt(chosen: list[dict], rejected: list[dict], source: Source) -> tuple[list[dict], str, str]:
+    """Conversations sharing every turn but the last: the shared turns are the prompt."""
+    if chosen[:-1] != rejected[:-1]:
+        raise DataError("chosen and rejected conversations must share every turn but their last (an implicit prompt)",
+                        file=source.file, row=source.row, field="chosen")
+    for name, conv in (("chosen", chosen), ("rejected", rejected)):
+        if conv[-1]["role"] != "assistant":
+            raise DataError("the last turn must be the assistant's", file=source.file, row=source.row, field=name)
+    if not chosen[:-1]:
+        raise DataError("no shared turns to use as the prompt", file=source.file, row=source.row, field="chosen")
+    return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
+
+
+def _margin(row: dict, source: Source) -> float | None:
+    if row.get("margin") in (None, ""):
+        return None
+    try:
+        return float(row["margin"])
+    except (TypeError, ValueError):
+        raise DataError(f"expected a number, got {row['margin']!r}", file=source.file, row=source.row, field="margin") from None
+
+
+def pair_from_row(row: dict, source: Source) -> PreferencePair:
+    if "prompt" not in row and isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):
+        prompt, chosen, rejected = _implicit_prompt(_messages(row["chosen"], "chosen", source),
+                                                    _messages(row["rejected"], "rejected", source), source)
+        for name, text in (("chosen", chosen), ("rejected", rejected)):
+            if not str(text).strip():
+                raise DataError("is an empty completion", file=source.file, row=source.row, field=name)
+    else:
+        prompt = _prompt(row, source)
+        chosen = _completion(row, "chosen", source)
+        rejected = _completion(row, "rejected", source)
+    _distinct(chosen, rejected, source)
+    return PreferencePair(prompt, chosen, rejected, _margin(row, source), source)
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def parse_hh_dialogue(text: str) -> list[dict]:
+    """'\\n\\nHuman: a\\n\\nAssistant: b' → [{'role': 'user', 'content': 'a'}, {'role': 'assistant', 'content': 'b'}]."""
+    pieces = _HH_TURN.split(text)
+    if pieces[0].strip():
+        raise ValueError("text before the first 'Human:' turn")
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[speaker], "content": content.strip()} for speaker, content in zip(pieces[1::2], pieces[2::2])]
+
+
+def hh_pair_from_row(row: dict, source: Source) -> PreferencePair:
+    """HH-RLHF: the prompt is the dialogue up to the last "Assistant:" the two strings share; the rest of each is its completion.
+
+    A completion can run past one turn (a few HH rows continue with further Human/Assistant turns after the
+    point where they diverge); it is kept whole, as text, so nothing is lost.
+    """
+    chosen_text = _text(row, "chosen", source, allow_empty=True)
+    rejected_text = _text(row, "rejected", source, allow_empty=True)
+    for name, text in (("chosen", chosen_text), ("rejected", rejected_text)):
+        if not text.lstrip(" ").startswith("\n\nHuman:"):
+            raise DataError("an HH dialogue must start with '\\n\\nHuman:'", file=source.file, row=source.row, field=name)
+    n = 0
+    limit = min(len(chosen_text), len(rejected_text))
+    while n < limit and chosen_text[n] == rejected_text[n]:
+        n += 1
+    cut = chosen_text.rfind("\n\nAssistant:", 0, n)
+    if cut < 0 or cut + len("\n\nAssistant:") > n:
+        raise DataError("chosen and rejected share no dialogue up to an 'Assistant:' turn", file=source.file,
+                        row=source.row, field="rejected")
+    cut += len("\n\nAssistant:")
+    try:
+        prompt = parse_hh_dialogue(chosen_text[:cut])
+    except ValueError as err:
+        raise DataError(str(err), file=source.file, row=source.row, field="chosen") from None
+    prompt = prompt[:-1]  # the trailing empty "Assistant:" marks where the completion starts
+    chosen = chosen_text[cut:].strip()
+    rejected = rejected_text[cut:].strip()
+    for name, text in (("chosen", chosen), ("rejected", rejected)):
+        if not text:
+            raise DataError("is an empty completion (the final Assistant turn has no text)", file=source.file,
+                            row=source.row, field=name)
+    _distinct(chosen, rejected, source)
+    return PreferencePair(prompt, chosen, rejected, None, source)
+
+
+def ranking_from_row(row: dict, source: Source) -> Ranking:
+    name = "responses" if "responses" in row else "ranking"
+    responses = _require(row, name, source)
+    if not isinstance(responses, list) or len(responses) < 2:
+        raise DataError("expected a list of at least 2 responses, best first", file=source.file, row=source.row, field=name)
+    texts = []
+    for i, r in enumerate(responses):
+        if not isinstance(r, str) or not r.strip():
+            raise DataError(f"response {i} is empty or not text", file=source.file, row=source.row, field=name)
+        texts.append(r)
+    if len({t.strip() for t in texts}) != len(texts):
+        raise DataError("has the same response twice", file=source.file, row=source.row, field=name)
+    return Ranking(_prompt(row, source), tuple(texts), source)
+
+
+def corrections_from_row(row: dict, source: Source) -> list[PreferencePair]:
+    prompt = _prompt(row, source)
+    chosen = _completion(row, "chosen", source)
+    rejected = _completion(row, "rejected", source)
+    corrected = _completion(row, "corrected", source)
+    _distinct(chosen, rejected, source)
+    for name, other in (("chosen", chosen), ("rejected", rejected)):
+        if corrected.strip() == other.strip():
+            raise DataError(f"is identical to '{name}'", file=source.file, row=source.row, field="corrected")
+    return correction_pairs(prompt, chosen, rejected, corrected, source)
+
+
+def unpaired_from_row(row: dict, source: Source) -> UnpairedExample:
+    return UnpairedExample(_prompt(row, source), _completion(row, "completion", source), _bool(row, "label", source), source)
+
+
+def rule_from_row(row: dict, source: Source) -> RuleExample:
+    return RuleExample(_prompt(row, source), _completion(row, "response", source), _text(row, "rule", source),
+                       _bool(row, "followed", source), source)
+
+
+def detect_format(row: dict, file: str) -> str:
+    keys = set(row)
+    if {"rule", "followed"} <= keys:
+        return "rule"
+    if "corrected" in keys:
+        return "correction"
+    if "responses" in keys or "ranking" in keys:
+        return "ranking"
+    if {"chosen", "rejected"} <= keys:
+        if "prompt" not in keys and isinstance(row["chosen"], str) and row["chosen"].lstrip(" ").startswith("\n\nHuman:"):
+            return "hh"
+        return "preference"
+    if "label" in keys and "completion" in keys:
+        return "unpaired"
+    if "messages" in keys or {"prompt", "completion"} <= keys or {"instruction", "output"} <= keys:
+        return "sft"
+    raise DataError(f"cannot tell the format from the fields {sorted(keys)}; name it with --format "
+                    f"(one of {', '.join(FORMATS[1:])})", file=file, row=1)
+
+
+def convert_row(row: dict, source: Source, format: str, kind: str) -> list:
+    """One row in ``format`` → the examples of ``kind`` it gives (a list: rankings and corrections give several)."""
+    if format == "rule":
+        return [rule_from_row(row, source)]
+    if format == "unpaired":
+        ex = unpaired_from_row(row, source)
+        if kind == "sft":  # only the desirable completions are demonstrations
+            return [SFTExample(ex.prompt, ex.completion, source)] if ex.label else []
+        return [ex]
+    if format == "sft":
+        return [sft_from_row(row, source)]
+    if format == "ranking":
+        ranking = ranking_from_row(row, source)
+        if kind == "ranking":
+            return [ranking]
+        if kind == "sft":
+            return [SFTExample(ranking.prompt, ranking.responses[0], source)]
+        return ranking.to_pairs()
+    if format == "correction":
+        pairs = corrections_from_row(row, source)
+        if kind == "sft":
+            return [SFTExample(pairs[0].prompt, pairs[0].chosen, source)]
+        return pairs
+    pair = hh_pair_from_row(row, source) if format == "hh" else pair_from_row(row, source)
+    if kind == "sft":
+        return [SFTExample(pair.prompt, pair.chosen, source)]
+    if kind == "unpaired":
+        return [UnpairedExample(pair.prompt, pair.chosen, True, source), UnpairedExample(pair.prompt, pair.rejected, False, source)]
+    if kind == "ranking":
+        return [Ranking(pair.prompt, (pair.chosen, pair.rejected), source)]
+    return [pair]
+
+
+def _starter_rows(split: str | None):
+    path = STARTER_DIR / "pairs.jsonl"
+    if not path.exists():
+        raise PreftuneError(f"the starter dataset is missing from this install ({path})")
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if split is None or row.get("split") == split:
+            yield number, row
+
+
+def load_examples(path: str | Path, format: str = "auto", *, kind: str = "preference", skip_bad_rows: bool = False,
+                  limit: int | None = None, split: str | None = None) -> LoadResult:
+    """Read ``path`` in ``format`` and return the examples of ``kind``.
+
+    ``path`` is a file, a folder of files, a saved ``datasets`` folder, a hub dataset id, or ``starter``,
+    ``starter:train``, ``starter:test`` (the built-in starter dataset). A bad row raises :class:`DataError`
+    naming file, row and field; with ``skip_bad_rows=True`` it is skipped and counted in ``LoadResult.skipped``.
+    ``limit`` stops after that many rows.
+    """
+    if format not in FORMATS:
+        raise PreftuneError(f"unknown data format '{format}' (choose from {', '.join(FORMATS)})")
+    if kind not in KINDS:
+        raise PreftuneError(f"unknown example kind '{kind}' (choose from {', '.join(KINDS)})")
+    target = str(path)
+    if target == "starter" or target.startswith("starter:"):
+        starter_split = target.partition(":")[2] or None
+        if starter_split is not None and starter_split not in STARTER_SPLITS:
+            raise PreftuneError(f"the starter dataset has splits {', '.join(STARTER_SPLITS)}, not '{starter_split}'")
+        rows = _starter_rows(starter_split)
+        file_label = target
+        format = "preference" if format == "auto" else format
+    else:
+        rows = read_rows(target, split=split)
+        file_label = target
+    examples: list = []
+    skipped: list[tuple[Source, str]] = []
+    count = 0
+    for number, row in rows:
+        if limit is not None and count >= limit:
+            break
+        count += 1
+        source = Source(file_label, number)
+        if format == "auto":
+            format = detect_format(row, file_label)
+        if kind not in _PRODUCES[format]:
+            raise PreftuneError(f"{file_label}: '{format}' data cannot give {kind} examples "
+                                f"(it gives: {', '.join(sorted(_PRODUCES[format]))})")
+        try:
+            examples.extend(convert_row(row, source, format, kind))
+        except DataError as err:
+            if not skip_bad_rows:
+                raise
+            skipped.append((source, f"field '{err.field}' {err.reason}" if err.field else err.reason))
+    if count == 0:
+        raise DataError("has no rows", file=file_label)
+    return LoadResult(examples, count, skipped, format, file_label)
+
+
+def tokenize_all(examples: list, encode, *, skip_bad_rows: bool = False, skipped: list | None = None) -> list:
+    """Apply ``encode(example)`` to each example; a :class:`DataError` (e.g. over the length limit) raises, or with
+    ``skip_bad_rows`` is appended to ``skipped`` as ``(source, reason)`` and the example left out."""
+    out = []
+    for ex in examples:
+        try:
+            out.append(encode(ex))
+        except DataError as err:
+            if not skip_bad_rows:
+                raise
+            if skipped is not None:
+                skipped.append((ex.source, f"field '{err.field}' {err.reason}" if err.field else err.reason))
+    return out

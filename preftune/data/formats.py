@@ -1,0 +1,92 @@
+"""The internal forms every data format is turned into.
+
+A *prompt* is a plain string or a conversation (a list of ``{"role", "content"}`` dicts whose last
+turn is the user's). A *completion* is always the assistant's reply text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Union
+
+Prompt = Union[str, list]  # str | list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an example came from: a file (or dataset name) and its 1-based row."""
+
+    file: str
+    row: int
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    prompt: Prompt
+    completion: str
+    source: Source | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """``chosen`` is preferred to ``rejected`` for ``prompt``; ``margin`` (optional) says by how much."""
+
+    prompt: Prompt
+    chosen: str
+    rejected: str
+    margin: float | None = None
+    source: Source | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class UnpairedExample:
+    """A single completion labelled desirable (True) or undesirable (False), as KTO uses."""
+
+    prompt: Prompt
+    completion: str
+    label: bool
+    source: Source | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class RuleExample:
+    """Whether ``response`` follows ``rule`` (Sparrow-style rule-violation labels)."""
+
+    prompt: Prompt
+    response: str
+    rule: str
+    followed: bool
+    source: Source | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """K responses ordered best to worst."""
+
+    prompt: Prompt
+    responses: tuple
+    source: Source | None = field(default=None, compare=False)
+
+    def to_pairs(self) -> list[PreferencePair]:
+        """All K·(K−1)/2 pairs (i ≻ j for i ranked above j), in order (0,1), (0,2), …, (1,2), …"""
+        return [
+            PreferencePair(self.prompt, self.responses[i], self.responses[j], source=self.source)
+            for i, j in combinations(range(len(self.responses)), 2)
+        ]
+
+
+def correction_pairs(prompt: Prompt, chosen: str, rejected: str, corrected: str, source: Source | None = None) -> list[PreferencePair]:
+    """A human correction yields three pairs: corrected ≻ chosen, corrected ≻ rejected, chosen ≻ rejected."""
+    return [
+        PreferencePair(prompt, corrected, chosen, source=source),
+        PreferencePair(prompt, corrected, rejected, source=source),
+        PreferencePair(prompt, chosen, rejected, source=source),
+    ]
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """A readable one-string view of a prompt (for logs, tables and judges)."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in prompt)

