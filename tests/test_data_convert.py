@@ -130,7 +130,7 @@ def test_starter_dataset_splits():
     assert len(train.examples) + len(test.examples) == len(everything.examples)
     assert len(test.examples) > 0 and len(train.examples) > len(test.examples)
     assert all(isinstance(p, PreferencePair) for p in train.examples)
-    assert not {p.prompt for p in train.examples} & {p.prompt for p in test.examples}
+    assert not {p.prompt[0]["content"] for p in train.examples} & {p.prompt[0]["content"] for p in test.examples}
 
 
 def test_readers_json_parquet_and_datasets_folder_agree(tmp_path):

@@ -357,7 +357,8 @@ def _starter_rows(split: str | None):
             continue
         row = json.loads(line)
         if split is None or row.get("split") == split:
-            yield number, row
+            # The starter prompts are single user requests: as conversations they get the chat template.
+            yield number, {**row, "prompt": [{"role": "user", "content": row["prompt"]}]}
 
 
 def load_examples(path: str | Path, format: str = "auto", *, kind: str = "preference", skip_bad_rows: bool = False,
