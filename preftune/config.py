@@ -51,10 +51,8 @@ def _suggest(key: str, choices: Sequence[str]) -> str:
 
 
 def _is_bool(annotation: Any) -> bool:
-    if annotation is bool:
-        return True
-    args = typing.get_args(annotation)
-    return bool(args) and all(a in (bool, type(None)) for a in args) and bool in args
+    """A field that a bare flag can set: ``bool``, ``bool | None``, or ``bool | str`` (``--resume`` or ``--resume PATH``)."""
+    return annotation is bool or bool in typing.get_args(annotation)
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:
@@ -165,7 +163,9 @@ def parse_args(command: Command, argv: Sequence[str]) -> BaseModel:
             if eq:
                 value = parse_value(inline)
                 i += 1
-            elif _is_bool(annotation) and (i + 1 >= len(argv) or argv[i + 1].startswith("--") or argv[i + 1].lower() not in ("true", "false", "1", "0", "yes", "no")):
+            elif _is_bool(annotation) and (i + 1 >= len(argv) or argv[i + 1].startswith("--") or (
+                    set(typing.get_args(annotation)) <= {bool, type(None)}
+                    and argv[i + 1].lower() not in ("true", "false", "1", "0", "yes", "no"))):
                 value = not negated
                 i += 1
             else:

@@ -26,6 +26,7 @@ class DemoConfig(BaseConfig):
     name: str = "run"
     adapter: Lora = Lora()
     stop: list[str] = []
+    resume: bool | str = False
 
 
 COMMAND = Command("demo-cmd", "a test command", DemoConfig, lambda c: 0)
@@ -42,6 +43,12 @@ def test_value_forms():
     cfg = parse_args(COMMAND, ["--learning-rate=1e-5", "--no-lora", "--stop", '["a", "b"]', "--name", "123"])
     assert cfg.learning_rate == 1e-5 and cfg.lora is False and cfg.stop == ["a", "b"] and cfg.name == "123"
     assert parse_args(COMMAND, ["--lora", "false"]).lora is False
+
+
+def test_bool_or_path_flag():
+    assert parse_args(COMMAND, ["--resume", "--max-steps", "2"]).resume is True
+    assert parse_args(COMMAND, ["--max-steps", "2", "--resume"]).resume is True
+    assert parse_args(COMMAND, ["--resume", "runs/x/checkpoints/step-2"]).resume == "runs/x/checkpoints/step-2"
 
 
 def test_misspelt_flag_gets_a_suggestion():

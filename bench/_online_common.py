@@ -1,0 +1,72 @@
+"""Shared pieces of the online-RL benchmarks: prompts, the transparent reward, and timing preftune's loop."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+
+QUESTIONS = [
+    "How do I bake bread at home?", "What is the capital of France?", "Write a haiku about rain.",
+    "Explain photosynthesis briefly.", "Give me three tips for sleeping better.", "What is 17 times 23?",
+    "How can I learn Python quickly?", "Tell me a joke about cats.", "Why is the sky blue?",
+    "Summarise the plot of Romeo and Juliet.", "What should I pack for a weekend hike?", "How do vaccines work?",
+    "Suggest a name for a coffee shop.", "What is the difference between weather and climate?",
+    "How do I change a flat tyre?", "Write a short thank-you note to a teacher.", "What is a black hole?",
+    "How do I make a budget?", "Name three famous painters.", "What causes earthquakes?", "How do I boil an egg?",
+    "What is machine learning?", "Give me a packing list for a beach trip.", "Why do cats purr?",
+    "What is the tallest mountain?", "How can I be more productive?", "Explain gravity to a child.",
+    "What is the boiling point of water?", "Recommend a good book.", "How do plants drink water?",
+    "What is an API?", "How do I start running?",
+]
+
+
+def text_of(completion) -> str:
+    """TRL passes conversational completions as lists of messages."""
+    if isinstance(completion, list):
+        return "".join(m.get("content", "") for m in completion)
+    return completion
+
+
+def polite_reward(prompts, completions, **kwargs):
+    """A transparent reward, the same for both sides: +1 per 'please'/'thank'/'happy'/'help', minus |words - 40| / 40."""
+    out = []
+    for c in completions:
+        t = text_of(c).lower()
+        words = len(t.split())
+        out.append(sum(t.count(w) for w in ("please", "thank", "happy", "help")) - abs(words - 40) / 40)
+    return out
+
+
+def preftune_samples_per_s(algorithm, *, num_prompts: int, num_samples: int, max_new_tokens: int, steps: int,
+                           minibatch_size: int, ppo_epochs: int = 1, learning_rate: float = 1e-6, kl_coef: float = 0.05,
+                           value_head: bool = False) -> dict:
+    """preftune's online loop on the default model; samples/s over ``steps`` steps (after one warm-up rollout)."""
+    from preftune.data.tokenize import encode_prompt
+    from preftune.models.loading import load_model, load_tokenizer
+    from preftune.rl.experience import value_head_for
+    from preftune.rl.loop import OnlineSettings, OnlineTrainer
+    from preftune.runs import RunDir
+
+    tok = load_tokenizer()
+    policy = load_model()
+    ref = copy.deepcopy(policy).requires_grad_(False)
+    prompts = [[{"role": "user", "content": q}] for q in QUESTIONS[:num_prompts]]
+    ids = [encode_prompt(tok, p) for p in prompts]
+    settings = OnlineSettings(steps=steps, batch_size=num_prompts, num_samples=num_samples, max_new_tokens=max_new_tokens,
+                              temperature=1.0, ppo_epochs=ppo_epochs, minibatch_size=minibatch_size,
+                              learning_rate=learning_rate, kl_coef=kl_coef, sample_every=0, seed=0,
+                              gen_batch_size=num_prompts * num_samples, forward_batch_size=16)
+    head = value_head_for(policy.config.hidden_size) if value_head else None
+    reward = lambda p, r: polite_reward(p, r)  # noqa: E731
+    trainer = OnlineTrainer(policy=policy, tokenizer=tok, algorithm=algorithm, reward_fn=reward, prompts=prompts,
+                            prompt_ids=ids, settings=settings, run=RunDir(tempfile.mkdtemp()), ref_model=ref,
+                            value_head=head)
+    rows = []
+    t0 = time.perf_counter()
+    for s in range(steps):
+        rows.append(trainer.step(s))
+    elapsed = time.perf_counter() - t0
+    n = steps * num_prompts * num_samples
+    return {"samples_per_s": n / elapsed, "seconds": elapsed, "samples": n,
+            "reward_mean": [r["reward_mean"] for r in rows], "gen_tokens_per_s": [r["gen_tokens_per_s"] for r in rows]}

@@ -1,0 +1,177 @@
+"""preftune PPO against TRL 0.28's PPO trainer (`trl.experimental.ppo`; TRL 1.x has none).
+
+    OMP_NUM_THREADS=2 flock /tmp/preftune_heavy.lock .venv/bin/python bench/ppo_vs_trl.py --json OUT
+
+TRL 0.28 runs in its own virtual environment, bench/.venv-trl028, which this script creates on first use:
+a venv whose only own package is trl==0.28.0 (installed with --no-deps); a .pth file puts the main venv's
+site-packages after it, so torch / transformers / accelerate / datasets are the main venv's and the main
+venv itself is never modified (TRL 1.16 there is shadowed only inside the bench venv).
+
+Settings, the same on both sides: the default model as policy (full fine-tuning, fp32, CPU, 2 threads), a reward
+model = the default model with a freshly initialised scalar head (seeded, saved once, loaded by both), 32 chat
+prompts, batch 8 prompts per PPO step, 48 new tokens at temperature 1, one PPO epoch with one minibatch,
+kl_coef 0.05, learning rate 1e-6. TRL trains a separate value model (its design); preftune uses its default, a
+value head on the policy (one forward pass gives log-probs and values). Writes
+{"preftune_samples_per_s", "trl_samples_per_s", "ratio"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+VENV = HERE / ".venv-trl028"
+sys.path.insert(0, str(HERE))
+
+
+def ensure_trl028() -> Path:
+    python = VENV / "bin" / "python"
+    if python.exists():
+        check = subprocess.run([str(python), "-c", "import trl; print(trl.__version__)"], capture_output=True, text=True)
+        if check.stdout.strip() == "0.28.0":
+            return python
+    subprocess.run([sys._base_executable, "-m", "venv", str(VENV)], check=True)
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "main_venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "trl==0.28.0"], check=True)
+    return python
+
+
+def reward_model_dir(out: Path) -> Path:
+    """The default model with a seeded, freshly initialised scalar head, saved once for both sides."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from preftune.models.loading import load_tokenizer, resolve_model_path
+
+    if (out / "config.json").exists():
+        return out
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(None), num_labels=1, dtype=torch.float32)
+    rm.config.pad_token_id = load_tokenizer().pad_token_id
+    rm.save_pretrained(out)
+    load_tokenizer().save_pretrained(out)
+    return out
+
+
+class SeqClsReward:
+    """Score prompt + response with a sequence-classification model at the last real token (what TRL's get_reward does)."""
+
+    is_reward_function = True
+
+    def __init__(self, path: Path, tokenizer):
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+        self.tok = tokenizer
+
+    def __call__(self, prompts, responses):
+        import torch
+
+        from preftune.data.tokenize import encode_completion, encode_prompt
+
+        seqs = [encode_prompt(self.tok, p) + encode_completion(self.tok, r) for p, r in zip(prompts, responses)]
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), self.tok.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        with torch.no_grad():
+            logits = self.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            last = mask.sum(-1) - 1
+            return self.model.score(logits[torch.arange(len(seqs)), last]).squeeze(-1).float()
+
+
+def trl_worker(args) -> None:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from _online_common import QUESTIONS
+    from preftune.data.tokenize import encode_prompt
+    from preftune.models.loading import load_tokenizer, resolve_model_path
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    tok = load_tokenizer()
+    tok.padding_side = "left"
+    path = resolve_model_path(None)
+    policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    rm = AutoModelForSequenceClassification.from_pretrained(args.rm, dtype=torch.float32)
+    vm = AutoModelForSequenceClassification.from_pretrained(args.rm, dtype=torch.float32)
+    prompts = [encode_prompt(tok, [{"role": "user", "content": q}]) for q in QUESTIONS[: args.num_prompts]]
+    ds = Dataset.from_dict({"input_ids": prompts})
+    config = PPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch_size,
+                       gradient_accumulation_steps=1, num_ppo_epochs=1, num_mini_batches=1,
+                       total_episodes=args.num_prompts, response_length=args.max_new_tokens, temperature=1.0,
+                       learning_rate=1e-6, kl_coef=0.05, stop_token="eos", use_cpu=True, bf16=False, report_to="none",
+                       num_sample_generations=0, save_strategy="no", seed=0, local_rollout_forward_batch_size=args.batch_size)
+    trainer = PPOTrainer(args=config, processing_class=tok, model=policy, ref_model=ref, reward_model=rm,
+                         train_dataset=ds, value_model=vm)
+    t = time.perf_counter()
+    trainer.train()
+    elapsed = time.perf_counter() - t
+    Path(args.json).write_text(json.dumps({"samples_per_s": args.num_prompts / elapsed, "seconds": elapsed,
+                                           "samples": args.num_prompts}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--num-prompts", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--trl-worker", action="store_true")
+    ap.add_argument("--rm", default=None)
+    ap.add_argument("--skip-trl", action="store_true")
+    args = ap.parse_args()
+    if args.trl_worker:
+        return trl_worker(args)
+    import torch
+
+    from _online_common import preftune_samples_per_s
+    from preftune.models.loading import load_tokenizer
+    from preftune.rl.ppo import PPO, PPOSettings
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    rm = reward_model_dir(HERE / ".cache" / "ppo-rm")
+    result: dict = {"settings": {k: v for k, v in vars(args).items() if k not in ("trl_worker", "rm")}}
+    import _online_common
+
+    reward = SeqClsReward(rm, load_tokenizer())
+    _online_common.polite_reward = lambda p, r: reward(p, r)  # the same reward model on both sides
+    steps = args.num_prompts // args.batch_size
+    ours = preftune_samples_per_s(PPO(PPOSettings()), num_prompts=args.batch_size, num_samples=1,
+                                  max_new_tokens=args.max_new_tokens, steps=steps, minibatch_size=args.batch_size,
+                                  value_head=True)
+    print("preftune", json.dumps(ours), flush=True)
+    result["preftune"] = ours
+    result["preftune_samples_per_s"] = ours["samples_per_s"]
+    if not args.skip_trl:
+        python = ensure_trl028()
+        out = Path(tempfile.mkdtemp()) / "trl.json"
+        subprocess.run([str(python), __file__, "--trl-worker", "--json", str(out), "--rm", str(rm),
+                        "--num-prompts", str(args.num_prompts), "--batch-size", str(args.batch_size),
+                        "--max-new-tokens", str(args.max_new_tokens)], check=True)
+        theirs = json.loads(out.read_text())
+        print("trl", json.dumps(theirs), flush=True)
+        result["trl"] = theirs
+        result["trl_samples_per_s"] = theirs["samples_per_s"]
+        result["ratio"] = ours["samples_per_s"] / theirs["samples_per_s"]
+    Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""preftune RLOO and GRPO against TRL 1.x RLOOTrainer / GRPOTrainer (the main venv's trl, a test-only dependency).
+
+    OMP_NUM_THREADS=2 flock /tmp/preftune_heavy.lock .venv/bin/python bench/rloo_vs_trl.py --json OUT
+
+Same default model (full fine-tuning, fp32, CPU), the same 16 chat prompts x 4 samples per step, 48 new tokens
+at temperature 1, one optimizer step per rollout over all 64 samples, the same transparent Python reward,
+a reference model for the KL term (beta 0.05 RLOO / 0.04 GRPO), learning rate 1e-6. Samples/s counts
+generated responses per second of training (TRL: its train_runtime; preftune: the loop's steps).
+Writes {"rloo_ratio", "grpo_ratio", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch  # noqa: E402
+
+from _online_common import QUESTIONS, polite_reward, preftune_samples_per_s  # noqa: E402
+
+
+def trl_samples_per_s(kind: str, *, num_prompts: int, num_samples: int, max_new_tokens: int, steps: int, beta: float) -> dict:
+    from datasets import Dataset
+
+    from preftune.models.loading import load_model, load_tokenizer
+
+    tok = load_tokenizer()
+    model = load_model()
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]} for q in QUESTIONS[:num_prompts]] * steps)
+    common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=num_prompts * num_samples,
+                  num_generations=num_samples, max_completion_length=max_new_tokens, max_steps=steps,
+                  learning_rate=1e-6, beta=beta, temperature=1.0, use_cpu=True, bf16=False, report_to="none",
+                  logging_steps=1, save_strategy="no", seed=0)
+    if kind == "rloo":
+        from trl import RLOOConfig, RLOOTrainer
+
+        trainer = RLOOTrainer(model=model, reward_funcs=polite_reward, args=RLOOConfig(**common), train_dataset=ds,
+                              processing_class=tok)
+    else:
+        from trl import GRPOConfig, GRPOTrainer
+
+        trainer = GRPOTrainer(model=model, reward_funcs=polite_reward, args=GRPOConfig(**common), train_dataset=ds,
+                              processing_class=tok)
+    out = trainer.train()
+    runtime = out.metrics["train_runtime"]
+    n = steps * num_prompts * num_samples
+    return {"samples_per_s": n / runtime, "seconds": runtime, "samples": n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--num-prompts", type=int, default=16)
+    ap.add_argument("--num-samples", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--methods", default="rloo,grpo")
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    from preftune.rl.pg import PGSettings, PolicyGradient
+
+    result: dict = {"settings": vars(args)}
+    shape = dict(num_prompts=args.num_prompts, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, steps=args.steps)
+    for method in args.methods.split(","):
+        beta = 0.05 if method == "rloo" else 0.04
+        ours = preftune_samples_per_s(PolicyGradient(PGSettings(method=method, num_samples=args.num_samples)),
+                                      minibatch_size=args.num_prompts * args.num_samples, kl_coef=beta, **shape)
+        print(method, "preftune", json.dumps(ours), flush=True)
+        theirs = trl_samples_per_s(method, beta=beta, **shape)
+        print(method, "trl", json.dumps(theirs), flush=True)
+        result[method] = {"preftune": ours, "trl": theirs}
+        result[f"{method}_ratio"] = ours["samples_per_s"] / theirs["samples_per_s"]
+        result[f"preftune_{method}_samples_per_s"] = ours["samples_per_s"]
+        result[f"trl_{method}_samples_per_s"] = theirs["samples_per_s"]
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k.endswith("ratio")}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The generation engine: seeded determinism, greedy parity with transformers, stops, and sampling log-probs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from preftune.errors import PreftuneError
+from preftune.generation import GenerationOutput, HFEngine, SamplingParams, generate_texts
+from preftune.generation.engine import filter_top_k, filter_top_p, sample_next
+from preftune.models.loading import tiny_model
+
+PROMPTS = ["Hello world", "How do I bake bread? Mix flour", "a", "Thanks, have a nice day. What is 2 + 2?"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from preftune.models.loading import tiny_tokenizer
+
+    return tiny_tokenizer("chatml")
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return tiny_model(len(tok), kind="llama", seed=1)
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tok):
+    return [tok(p)["input_ids"] for p in PROMPTS]
+
+
+def _hf_greedy(model, ids, n, eos):
+    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                         max_new_tokens=n, do_sample=False, pad_token_id=eos, eos_token_id=eos)
+    return out[0, len(ids):].tolist()
+
+
+# -- pure sampling helpers ---------------------------------------------------------------------------
+
+def test_filter_top_k_keeps_k_largest():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    out = filter_top_k(logits, 2)
+    assert out.tolist() == [[float("-inf"), 3.0, 2.0, float("-inf")]]
+    assert filter_top_k(logits, 0) is logits
+
+
+def test_filter_top_p_hand_computed():
+    # probs = [0.5, 0.3, 0.15, 0.05]: mass before each = [0, 0.5, 0.8, 0.95]; with p = 0.7 tokens whose
+    # preceding mass is >= 0.7 are dropped -> keep tokens 0 and 1 (0.5 + 0.3 = 0.8 >= 0.7).
+    probs = torch.tensor([[0.15, 0.5, 0.05, 0.3]])
+    out = filter_top_p(probs.log(), 0.7)
+    kept = torch.isfinite(out)[0].tolist()
+    assert kept == [False, True, False, True]
+    # p just above 0.8 also keeps the 0.15 token
+    assert torch.isfinite(filter_top_p(probs.log(), 0.81))[0].tolist() == [True, True, False, True]
+    # a tiny p still keeps the single most likely token
+    assert torch.isfinite(filter_top_p(probs.log(), 0.01))[0].tolist() == [False, True, False, False]
+
+
+def test_sample_next_greedy_logprob():
+    logits = torch.tensor([[0.0, math.log(3.0)]])  # softmax = [0.25, 0.75]
+    tok, lp = sample_next(logits, SamplingParams(do_sample=False))
+    assert tok.tolist() == [1]
+    assert lp.item() == pytest.approx(math.log(0.75), abs=1e-6)
+
+
+def test_sampling_params_validation():
+    with pytest.raises(PreftuneError, match="top_p must be in \\(0, 1\\], got 0"):
+        SamplingParams(top_p=0)
+    with pytest.raises(PreftuneError, match="max_new_tokens must be at least 1, got 0"):
+        SamplingParams(max_new_tokens=0)
+    assert SamplingParams(stop="x").stop == ("x",)
+
+
+def test_padded_tensors():
+    out = GenerationOutput(sequences=[[5, 2], [7]], logprobs=[[-0.5, -1.0], [-2.0]], texts=["a", "b"], finished=[True, False])
+    ids, mask, lps = out.padded(pad_id=0)
+    assert ids.tolist() == [[5, 2], [7, 0]]
+    assert mask.tolist() == [[1, 1], [1, 0]]
+    assert lps.tolist() == [[-0.5, -1.0], [-2.0, 0.0]]
+
+
+# -- the engine ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preallocate", [True, False])
+def test_greedy_equals_transformers_generate(model, tok, prompt_ids, preallocate):
+    engine = HFEngine(model, tok, batch_size=3, preallocate=preallocate)
+    out = engine.generate(prompt_ids, SamplingParams(max_new_tokens=12, do_sample=False))
+    for ids, seq in zip(prompt_ids, out.sequences):
+        assert seq == _hf_greedy(model, ids, 12, tok.eos_token_id)
+
+
+def test_greedy_equals_transformers_generate_gpt2(gpt2_tokenizer):
+    model = tiny_model(len(gpt2_tokenizer), kind="gpt2", seed=2)
+    ids = [gpt2_tokenizer(p)["input_ids"] for p in PROMPTS]
+    out = HFEngine(model, gpt2_tokenizer, batch_size=4).generate(ids, SamplingParams(max_new_tokens=8, do_sample=False))
+    for p, seq in zip(ids, out.sequences):
+        assert seq == _hf_greedy(model, p, 8, gpt2_tokenizer.eos_token_id)
+
+
+def test_seeded_sampling_is_deterministic(model, tok, prompt_ids):
+    engine = HFEngine(model, tok, batch_size=2)
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=123)
+    a = engine.generate(prompt_ids, params)
+    b = engine.generate(prompt_ids, params)
+    c = engine.generate(prompt_ids, SamplingParams(max_new_tokens=10, temperature=1.0, seed=124))
+    assert a.sequences == b.sequences and a.logprobs == b.logprobs
+    assert a.sequences != c.sequences
+
+
+def test_top_k_one_is_greedy(model, tok, prompt_ids):
+    engine = HFEngine(model, tok)
+    greedy = engine.generate(prompt_ids, SamplingParams(max_new_tokens=6, do_sample=False))
+    topk1 = engine.generate(prompt_ids, SamplingParams(max_new_tokens=6, temperature=1.0, top_k=1, seed=0))
+    assert topk1.sequences == greedy.sequences
+
+
+def test_sampling_logprobs_equal_recomputation(model, tok, prompt_ids):
+    """log_softmax(logits / T) of each sampled token, recomputed by one forward over prompt + completion."""
+    temperature = 0.7
+    engine = HFEngine(model, tok, batch_size=4)
+    out = engine.generate(prompt_ids, SamplingParams(max_new_tokens=9, temperature=temperature, top_p=0.9, seed=5))
+    for p, seq, lps in zip(prompt_ids, out.sequences, out.logprobs):
+        full = torch.tensor([p + seq])
+        with torch.no_grad():
+            logits = model(full).logits[0, len(p) - 1 : -1] / temperature
+        expected = logits.log_softmax(-1).gather(-1, torch.tensor(seq)[:, None]).squeeze(-1)
+        assert torch.allclose(torch.tensor(lps), expected, atol=1e-4)
+        assert len(seq) == 9
+
+
+def test_stop_string_cuts_text_and_ends_sequence(model, tok, prompt_ids):
+    engine = HFEngine(model, tok)
+    free = engine.generate(prompt_ids[:1], SamplingParams(max_new_tokens=12, do_sample=False))
+    text = free.texts[0]
+    stop = text[5:8]  # a string the greedy continuation is known to contain
+    cut = text.find(stop)
+    out = engine.generate(prompt_ids[:1], SamplingParams(max_new_tokens=12, do_sample=False, stop=(stop, "never-there")))
+    assert out.texts[0] == text[:cut]
+    assert out.finished == [True]
+    seq = out.sequences[0]
+    assert seq == free.sequences[0][: len(seq)]  # a prefix of the free run
+    assert stop in tok.decode(seq) and stop not in tok.decode(seq[:-1])  # ends on the token completing the stop
+    assert free.finished == [False]
+
+
+def test_eos_stops_each_sequence_on_its_own(model, tok, prompt_ids):
+    engine = HFEngine(model, tok, batch_size=4)
+    free = engine.generate(prompt_ids, SamplingParams(max_new_tokens=10, do_sample=False))
+    target = free.sequences[1][2]  # pretend this token is the EOS
+    engine.eos_ids = {target}
+    out = engine.generate(prompt_ids, SamplingParams(max_new_tokens=10, do_sample=False))
+    for full, seq, text, fin in zip(free.sequences, out.sequences, out.texts, out.finished):
+        if target in full:
+            end = full.index(target) + 1
+            assert seq == full[:end] and fin
+            assert text == tok.decode(full[: end - 1], skip_special_tokens=True)
+        else:
+            assert seq == full and not fin
+
+
+def test_generate_texts_with_conversations(model, tok):
+    prompts = [[{"role": "user", "content": "Hello world"}], "What is 2 + 2?"]
+    out = generate_texts(model, tok, prompts, SamplingParams(max_new_tokens=4, do_sample=False), batch_size=2)
+    chat_ids = tok(tok.apply_chat_template(prompts[0], tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    assert out.prompt_ids[0] == chat_ids
+    assert out.sequences[0] == _hf_greedy(model, chat_ids, 4, tok.eos_token_id)
+    assert len(out.texts) == 2
+
+
+def test_empty_prompt_is_an_error(model, tok):
+    with pytest.raises(PreftuneError, match="prompt 1 is empty"):
+        HFEngine(model, tok).generate([[5], []], SamplingParams(max_new_tokens=2))
