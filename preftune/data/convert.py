@@ -43,8 +43,6 @@ from preftune.errors import DataError, PreftuneError
 
 FORMATS = ("auto", "sft", "preference", "hh", "ranking", "correction", "unpaired", "rule")
 KINDS = ("sft", "preference", "unpaired", "rule", "ranking")
-STARTER_DIR = Path(__file__).parent / "starter"
-STARTER_SPLITS = ("train", "test")
 
 # Which formats can produce which kinds.
 _PRODUCES = {
@@ -348,19 +346,6 @@ def convert_row(row: dict, source: Source, format: str, kind: str) -> list:
     return [pair]
 
 
-def _starter_rows(split: str | None):
-    path = STARTER_DIR / "pairs.jsonl"
-    if not path.exists():
-        raise PreftuneError(f"the starter dataset is missing from this install ({path})")
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        if split is None or row.get("split") == split:
-            # The starter prompts are single user requests: as conversations they get the chat template.
-            yield number, {**row, "prompt": [{"role": "user", "content": row["prompt"]}]}
-
-
 def load_examples(path: str | Path, format: str = "auto", *, kind: str = "preference", skip_bad_rows: bool = False,
                   limit: int | None = None, split: str | None = None) -> LoadResult:
     """Read ``path`` in ``format`` and return the examples of ``kind``.
@@ -374,17 +359,8 @@ def load_examples(path: str | Path, format: str = "auto", *, kind: str = "prefer
         raise PreftuneError(f"unknown data format '{format}' (choose from {', '.join(FORMATS)})")
     if kind not in KINDS:
         raise PreftuneError(f"unknown example kind '{kind}' (choose from {', '.join(KINDS)})")
-    target = str(path)
-    if target == "starter" or target.startswith("starter:"):
-        starter_split = target.partition(":")[2] or None
-        if starter_split is not None and starter_split not in STARTER_SPLITS:
-            raise PreftuneError(f"the starter dataset has splits {', '.join(STARTER_SPLITS)}, not '{starter_split}'")
-        rows = _starter_rows(starter_split)
-        file_label = target
-        format = "preference" if format == "auto" else format
-    else:
-        rows = read_rows(target, split=split)
-        file_label = target
+    file_label = str(path)
+    rows = read_rows(path, split=split)
     examples: list = []
     skipped: list[tuple[Source, str]] = []
     count = 0

@@ -16,6 +16,27 @@ from pathlib import Path
 from preftune.errors import DataError
 
 READABLE = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".json.gz", ".csv.gz")
+STARTER_FILE = Path(__file__).parent / "starter" / "pairs.jsonl"
+STARTER_SPLITS = ("train", "test")
+
+
+def is_starter(target: str) -> bool:
+    """``starter``, ``starter:train`` and ``starter:test`` name the built-in dataset (unless such a path exists)."""
+    return (target == "starter" or target.startswith("starter:")) and not Path(target).exists()
+
+
+def _read_starter(target: str) -> Iterator[tuple[int, dict]]:
+    from preftune.errors import PreftuneError
+
+    split = target.partition(":")[2] or None
+    if split is not None and split not in STARTER_SPLITS:
+        raise PreftuneError(f"the starter dataset has splits {', '.join(STARTER_SPLITS)}, not '{split}'")
+    if not STARTER_FILE.exists():
+        raise PreftuneError(f"the starter dataset is missing from this install ({STARTER_FILE})")
+    for number, row in _read_jsonl(STARTER_FILE):
+        if split is None or row.get("split") == split:
+            # The starter prompts are single user requests: as conversations they get the chat template.
+            yield number, {**row, "prompt": [{"role": "user", "content": row["prompt"]}]}
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -104,8 +125,12 @@ def _read_datasets(target: str, split: str | None) -> Iterator[tuple[int, dict]]
 
 
 def read_rows(path: str | Path, split: str | None = None) -> Iterator[tuple[int, dict]]:
-    """Rows of a data file, a saved ``datasets`` folder or a hub dataset id, as ``(row_number, dict)``."""
+    """Rows of a data file, a saved ``datasets`` folder, a hub dataset id or the built-in ``starter[:train|:test]``,
+    as ``(row_number, dict)``."""
     target = str(path)
+    if is_starter(target):
+        yield from _read_starter(target)
+        return
     p = Path(target).expanduser()
     if p.is_dir():
         if (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists() or (p / "state.json").exists():
