@@ -1,0 +1,479 @@
+"""``preftune generate``, ``preftune eval`` and ``preftune frontier``.
+
+* ``generate``: a model and a prompt set → JSON lines ``{"prompt", "response", "generator", "finished", "tokens"}``.
+* ``eval``: a model (or a file of its generations) against a baseline model (or baseline outputs) on a prompt set,
+  judged by the judges named in ``--judges``; optional suites (harmful requests, XSTest over-refusal, TruthfulQA, BBQ,
+  pluralistic questions, text metrics against references, perplexity); writes ``report.html`` + ``report.json``
+  (and the generations) to ``--output-dir``.
+* ``frontier``: mean reward against KL(π‖π_ref) for several checkpoints on the same prompts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from preftune.config import BaseConfig, Command
+from preftune.errors import PreftuneError
+
+
+class SamplingOptions(BaseConfig):
+    """Generation options shared by generate and eval."""
+
+    prompt_field: str | None = Field(None, description="the prompt's field (default: detected)")
+    limit: int | None = Field(None, ge=1, description="use only the first N prompts")
+    max_new_tokens: int = Field(128, ge=1, description="most tokens generated per response")
+    temperature: float = Field(0.0, ge=0, description="sampling temperature; 0 = greedy")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling threshold")
+    top_k: int = Field(0, ge=0, description="top-k filter (0: off)")
+    seed: int = Field(0, description="sampling seed")
+    batch_size: int = Field(8, ge=1, description="prompts decoded together")
+    use_chat_template: bool | None = Field(None, description="wrap plain-text prompts in the chat template (default: when the tokenizer has one)")
+    device: str | None = Field(None, description="cpu, cuda, ... (default: auto)")
+    dtype: str | None = Field(None, description="fp32, bf16, ... (default: fp32 on CPU, bf16 on CUDA)")
+
+
+class GenerateConfig(SamplingOptions):
+    model: str = Field("smollm2-135m-instruct", description="model: the default, a local folder, a GGUF file or a hub id")
+    prompts: str = Field(description="prompt set: a file with a prompt / instruction / question / messages field")
+    output: str = Field(description="where to write the JSON lines of prompt / response")
+
+
+def _sampling(config) -> "object":
+    from preftune.generation.engine import SamplingParams
+
+    return SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                          top_k=config.top_k, seed=config.seed, do_sample=config.temperature > 0)
+
+
+class _Models:
+    """Loads each model once (by name) for the whole command."""
+
+    def __init__(self, device: str | None, dtype: str | None):
+        self.device, self.dtype, self.cache = device, dtype, {}
+
+    def get(self, name: str | None):
+        from preftune.models.loading import load_model, load_tokenizer
+
+        key = name or "smollm2-135m-instruct"
+        if key not in self.cache:
+            self.cache[key] = (load_model(key, device=self.device, dtype=self.dtype), load_tokenizer(key))
+        return self.cache[key]
+
+
+def generate_responses(model, tokenizer, prompts, config) -> list[dict]:
+    """Responses for internal prompts with the sampling options of ``config``: dicts of text, finished, tokens."""
+    from preftune.eval.scoring import prompt_ids
+    from preftune.generation.engine import HFEngine
+
+    ids = [prompt_ids(tokenizer, p, config.use_chat_template) for p in prompts]
+    out = HFEngine(model, tokenizer, batch_size=config.batch_size).generate(ids, _sampling(config))
+    return [{"response": t, "finished": f, "tokens": len(s)} for t, f, s in zip(out.texts, out.finished, out.sequences)]
+
+
+def run_generate(config: GenerateConfig) -> int:
+    from preftune.eval.data import load_prompt_set
+
+    items = load_prompt_set(config.prompts, field=config.prompt_field, limit=config.limit)
+    model, tokenizer = _Models(config.device, config.dtype).get(config.model)
+    results = generate_responses(model, tokenizer, [i.prompt for i in items], config)
+    out = Path(config.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as f:
+        for item, res in zip(items, results):
+            row = {"prompt": item.prompt, "response": res["response"], "generator": config.model,
+                   "finished": res["finished"], "tokens": res["tokens"]}
+            if item.reference is not None:
+                row["reference"] = item.reference
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"wrote {len(results)} responses to {out}")
+    return 0
+
+
+GENERATE = Command("generate", "Generate responses for a prompt set with a model", GenerateConfig, run_generate,
+                   description="Generate one response per prompt (greedy by default) and write JSON lines of prompt / response.")
+
+
+# -- eval ---------------------------------------------------------------------------------------------------
+
+
+class EvalConfig(SamplingOptions):
+    model: str | None = Field(None, description="the model evaluated (generates responses, and is scored by the log-prob suites)")
+    generations: str | None = Field(None, description="a file of the evaluated model's responses (instead of generating them)")
+    baseline: str | None = Field(None, description="a baseline model that generates the other side of each comparison")
+    baseline_generations: str | None = Field(None, description="a file of baseline responses (e.g. AlpacaEval's reference outputs)")
+    prompts: str | None = Field(None, description="prompt set (default: the prompts of the baseline or generations file)")
+    output_dir: str = Field(description="folder for report.html, report.json and the generations")
+    reference_field: str | None = Field(None, description="the prompt set's reference-answer field (default: reference or output)")
+    judges: list[str] = Field(default_factory=list, description="judges: reward:SPEC, llm, llm:MODEL, http:MODEL, human:FILE")
+    judge_base_url: str | None = Field(None, description="base URL of an OpenAI-compatible server for http judges")
+    judge_api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with the http judge's key ('' for none)")
+    judge_reward_mode: Literal["bradley_terry", "hard"] = Field("bradley_terry", description="reward judge: P = sigmoid(r_a - r_b) or 1/0.5/0")
+    tie_margin: float = Field(0.0, ge=0, lt=0.5, description="a preference within 0.5 +- this counts as a tie")
+    bootstrap_samples: int = Field(2000, ge=10, description="bootstrap resamples for the intervals")
+    text_metrics: bool = Field(True, description="BLEU / ROUGE against references when there are any")
+    bertscore: bool = Field(True, description="BERTScore (MiniLM) against references when there are any")
+    references: Literal["auto", "prompts", "baseline", "none"] = Field(
+        "auto", description="references for text metrics: the prompt set's field, the baseline's outputs, or auto (the first there is)")
+    perplexity: bool = Field(False, description="the model's perplexity on the references")
+    harmful: str | None = Field(None, description="HarmBench / AdvBench-style CSV of harmful requests")
+    harmful_column: str | None = Field(None, description="its prompt column (default: Behavior / goal / prompt ...)")
+    xstest: str | None = Field(None, description="XSTest-style CSV (prompt, type, label) for over-refusal")
+    xstest_per_type: int | None = Field(None, ge=1, description="use the first N prompts of each XSTest type (stratified subset)")
+    truthfulqa: str | None = Field(None, description="TruthfulQA CSV for MC1 / MC2")
+    bbq: list[str] = Field(default_factory=list, description="BBQ JSONL files")
+    pluralistic: str | None = Field(None, description="JSONL of opinion questions with human answer distributions")
+    suite_limit: int | None = Field(None, ge=1, description="cap on items per suite (per file for BBQ)")
+    refusal_classifier: Literal["patterns", "model"] = Field("patterns", description="how refusals are detected")
+    refusal_model: str | None = Field(None, description="model for refusal_classifier=model (default: the default model)")
+    runs: list[str] = Field(default_factory=list, description="run folders whose metrics.jsonl become training curves")
+    frontier: str | None = Field(None, description="a frontier.json written by 'preftune frontier'")
+    examples: int = Field(5, ge=0, description="example comparisons shown in the report")
+    length_tokenizer: str | None = Field(None, description="tokenizer that measures response lengths (default: the model's; words without a model)")
+    scoring_batch_size: int = Field(8, ge=1, description="batch size of the log-prob suites and the LLM judge")
+
+
+def _lengths(tokenizer, texts) -> list[int]:
+    if tokenizer is None:
+        return [len(t.split()) for t in texts]
+    return [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
+
+def _win_rows(name: str, prefs, len_a, len_b, config) -> dict:
+    from preftune.eval.stats import lc_win_rate_ci, length_controlled_win_rate, win_tie_loss
+
+    wtl = win_tie_loss(prefs, tie_margin=config.tie_margin, n_resamples=config.bootstrap_samples, seed=config.seed)
+    lc = length_controlled_win_rate(prefs, len_a, len_b)
+    lo, hi = lc_win_rate_ci(prefs, len_a, len_b, n_resamples=min(200, config.bootstrap_samples), seed=config.seed)
+    wtl["lc_win_rate"] = {"value": lc["lc_win_rate"], "ci_low": lo, "ci_high": hi}
+    wtl["lc_fit"] = lc
+    wtl["judge"] = name
+    return wtl
+
+
+def _rate_str(r: dict | None) -> str:
+    return "–" if not r else f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+
+
+def _refusal_classifier(config, models: _Models):
+    from preftune.eval.refusal import ModelRefusalClassifier, PatternRefusalClassifier
+
+    if config.refusal_classifier == "patterns":
+        return PatternRefusalClassifier()
+    model, tok = models.get(config.refusal_model)
+    return ModelRefusalClassifier(model, tok, batch_size=config.scoring_batch_size)
+
+
+def run_eval(config: EvalConfig) -> int:
+    from preftune.eval import report as rp
+    from preftune.eval.data import align_responses, load_generations, load_prompt_set
+    from preftune.eval.judges import build_judge, prompt_text
+    from preftune.models.loading import load_tokenizer
+
+    if config.model and config.generations:
+        raise PreftuneError("give either --model (to generate) or --generations (a file of responses), not both")
+    if config.baseline and config.baseline_generations:
+        raise PreftuneError("give either --baseline (a model) or --baseline-generations (a file), not both")
+    out_dir = Path(config.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models = _Models(config.device, config.dtype)
+    report = rp.Report(f"preftune eval: {config.model or config.generations or 'suites'}")
+    summary: dict = {"model": config.model, "generations": config.generations, "baseline": config.baseline,
+                     "baseline_generations": config.baseline_generations, "prompts": config.prompts,
+                     "judges": config.judges, "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
+                     "limit": config.limit}
+    length_tok = config.length_tokenizer or config.model
+    tokenizer = load_tokenizer(length_tok) if length_tok else None
+
+    # -- the comparison ------------------------------------------------------------------------------------
+    baseline_items = load_generations(config.baseline_generations, limit=None) if config.baseline_generations else None
+    gen_items = load_generations(config.generations) if config.generations else None
+    if config.prompts:
+        items = load_prompt_set(config.prompts, field=config.prompt_field, reference_field=config.reference_field, limit=config.limit)
+    elif baseline_items is not None:
+        items = baseline_items[: config.limit] if config.limit else baseline_items
+    elif gen_items is not None:
+        items = gen_items[: config.limit] if config.limit else gen_items
+    else:
+        items = []
+    have_a = bool(config.model or gen_items)
+    have_b = bool(config.baseline or baseline_items)
+    responses_a = responses_b = None
+    prompts = [it.prompt for it in items]
+    if items and have_a:
+        if gen_items is not None:
+            responses_a = align_responses(items, gen_items, config.generations)
+        else:
+            model, tok = models.get(config.model)
+            responses_a = [r["response"] for r in generate_responses(model, tok, prompts, config)]
+    if items and have_b:
+        if baseline_items is not None:
+            responses_b = align_responses(items, baseline_items, config.baseline_generations)
+        else:
+            model, tok = models.get(config.baseline)
+            responses_b = [r["response"] for r in generate_responses(model, tok, prompts, config)]
+    if responses_a is not None:
+        with (out_dir / "generations.jsonl").open("w", encoding="utf-8") as f:
+            for i, p in enumerate(prompts):
+                row = {"prompt": p, "response": responses_a[i]}
+                if responses_b is not None:
+                    row["baseline"] = responses_b[i]
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    summary["prompts_evaluated"] = len(items)
+
+    if responses_a is not None and responses_b is not None:
+        len_a, len_b = _lengths(tokenizer, responses_a), _lengths(tokenizer, responses_b)
+        unit = "tokens" if tokenizer is not None else "words"
+        report.add("lengths", text=f"Lengths in {unit}" + (f" of the tokenizer of {length_tok}." if tokenizer is not None else " (whitespace-separated)."),
+                   tables=[("mean length", [{"side": "model", "mean": sum(len_a) / len(len_a), "max": max(len_a), "empty": sum(x == 0 for x in len_a)},
+                                            {"side": "baseline", "mean": sum(len_b) / len(len_b), "max": max(len_b), "empty": sum(x == 0 for x in len_b)}])],
+                   images=[("length histogram", rp.plot_length_histogram(len_a, len_b, unit=unit))],
+                   data={"model": len_a, "baseline": len_b, "unit": unit})
+        win_rows, prefs_by_judge = [], {}
+        for spec in config.judges:
+            default = models.get(None) if spec == "llm" else (None, None)
+            judge = build_judge(spec, base_url=config.judge_base_url, api_key_env=config.judge_api_key_env,
+                                default_model=default[0], default_tokenizer=default[1], device=config.device,
+                                batch_size=config.scoring_batch_size, reward_mode=config.judge_reward_mode)
+            result = judge.compare(prompts, responses_a, responses_b)
+            row = _win_rows(judge.name, result.preferences, len_a, len_b, config)
+            row["details"] = {k: v for k, v in result.details.items() if not isinstance(v, list)}
+            win_rows.append(row)
+            prefs_by_judge[judge.name] = result.preferences
+        if win_rows:
+            table = [{"judge": r["judge"], "n": r["n"], "win rate": _rate_str(r["win_rate"]), "LC win rate": _rate_str(r["lc_win_rate"]),
+                      "win": _rate_str(r["win"]), "tie": _rate_str(r["tie"]), "loss": _rate_str(r["loss"]),
+                      "mean len model": round(sum(len_a) / len(len_a), 1), "mean len baseline": round(sum(len_b) / len(len_b), 1),
+                      **{k: round(v, 3) if isinstance(v, float) else v for k, v in r["details"].items()}} for r in win_rows]
+            report.add("win_rates", text=("Model (A) against baseline (B). Win rate = mean P(model better), ties half; "
+                                          "95% percentile-bootstrap intervals over prompts. LC win rate: the length difference "
+                                          "regressed out as AlpacaEval's length-controlled win rate (Dubois et al. 2024), read at zero "
+                                          "length difference. The LLM judge is asked in both orders (first_position_rate 0.5 = "
+                                          "no position bias; order_agreement = same verdict in both orders)."),
+                       tables=[("win rates", table)], images=[("win rates with 95% intervals", rp.plot_win_rates(win_rows))],
+                       data={"judges": win_rows, "preferences": prefs_by_judge})
+        if config.examples:
+            ex = []
+            for i in range(min(config.examples, len(prompts))):
+                row = {"prompt": prompt_text(prompts[i])[:400], "model": responses_a[i][:600], "baseline": responses_b[i][:600]}
+                for name, prefs in prefs_by_judge.items():
+                    row[f"P(model better) {name}"] = round(prefs[i], 3)
+                ex.append(row)
+            report.add("examples", tables=[("first prompts", ex)], data=ex)
+
+    # -- text metrics ----------------------------------------------------------------------------------------
+    if responses_a is not None and config.references != "none":
+        refs = None
+        if config.references in ("auto", "prompts") and items and all(it.reference for it in items) and baseline_items is None:
+            refs, ref_src = [it.reference for it in items], "the prompt set's references"
+        elif config.references in ("auto", "baseline") and responses_b is not None and baseline_items is not None:
+            refs, ref_src = responses_b, f"the baseline outputs ({config.baseline_generations})"
+        elif config.references == "prompts" and items and all(it.reference for it in items):
+            refs, ref_src = [it.reference for it in items], "the prompt set's references"
+        if refs is not None and (config.text_metrics or config.bertscore or config.perplexity):
+            from preftune.eval import text_metrics as tm
+
+            metrics: dict = {}
+            if config.text_metrics:
+                metrics["bleu"] = tm.bleu(responses_a, refs)
+                metrics.update(tm.rouge(responses_a, refs))
+            if config.bertscore:
+                bs = tm.bertscore(responses_a, refs)
+                metrics.update({"bertscore_precision": bs["precision"], "bertscore_recall": bs["recall"], "bertscore_f1": bs["f1"]})
+            if config.perplexity and config.model:
+                model, tok = models.get(config.model)
+                metrics.update({f"reference_{k}": v for k, v in tm.perplexity(model, tok, refs, batch_size=config.scoring_batch_size).items()})
+            report.add("text_metrics", text=f"References: {ref_src}. BLEU 0–100 (sacrebleu), ROUGE F1 and BERTScore (MiniLM, "
+                                            "no idf, no rescaling) 0–1.",
+                       tables=[("text metrics", [{"metric": k, "value": v} for k, v in metrics.items()])], data=metrics)
+
+    # -- suites needing the model ----------------------------------------------------------------------------
+    suites = {"harmful": config.harmful, "xstest": config.xstest, "truthfulqa": config.truthfulqa, "bbq": config.bbq,
+              "pluralistic": config.pluralistic}
+    asked = [k for k, v in suites.items() if v]
+    if asked and not config.model:
+        raise PreftuneError(f"the suites {', '.join(asked)} need --model (they generate or score with it)")
+    if config.harmful or config.xstest:
+        from preftune.eval.safety import over_refusal_report, read_harmful, read_xstest, refusal_report
+
+        model, tok = models.get(config.model)
+        classifier = _refusal_classifier(config, models)
+        if config.harmful:
+            hitems = read_harmful(config.harmful, column=config.harmful_column, limit=config.suite_limit)
+            hresp = [r["response"] for r in generate_responses(model, tok, [h.prompt for h in hitems], config)]
+            labels = classifier([h.prompt for h in hitems], hresp)
+            rep = refusal_report(hitems, labels)
+            rows = [{"category": "all", **{k: _rate_str(rep["overall"][k]) for k in ("refusal", "partial", "compliance", "any_refusal")}, "n": rep["overall"]["n"]}]
+            rows += [{"category": c, **{k: _rate_str(v[k]) for k in ("refusal", "partial", "compliance", "any_refusal")}, "n": v["n"]}
+                     for c, v in rep["per_category"].items()]
+            samples = [{"prompt": h.prompt[:200], "response": r[:300], "label": lab} for h, r, lab in list(zip(hitems, hresp, labels))[:10]]
+            images = []
+            if rep["per_category"]:
+                images.append(("refusal rate (full + partial) per category", rp.plot_rates_by_group(
+                    [{"group": c, **v} for c, v in rep["per_category"].items()], group_key="group")))
+            report.add("harmful", text=f"{len(hitems)} harmful requests from {config.harmful}; refusal classifier: {config.refusal_classifier}. "
+                                       "Higher refusal is better.",
+                       tables=[("refusal rates", rows), ("samples", samples)], images=images,
+                       data={**rep, "file": config.harmful, "responses": [{"prompt": h.prompt, "response": r, "label": lab}
+                                                                          for h, r, lab in zip(hitems, hresp, labels)]})
+        if config.xstest:
+            xitems = read_xstest(config.xstest, limit=config.suite_limit, per_type=config.xstest_per_type)
+            xresp = [r["response"] for r in generate_responses(model, tok, [x.prompt for x in xitems], config)]
+            labels = classifier([x.prompt for x in xitems], xresp)
+            rep = over_refusal_report(xitems, labels)
+            rows = [{"type": t, "label": v["label"], "n": v["n"], **{k: _rate_str(v[k]) for k in ("refusal", "partial", "compliance")}}
+                    for t, v in rep["per_type"].items()]
+            totals = [{"prompts": side, "n": rep[side]["n"], **({k: _rate_str(rep[side][k]) for k in ("refusal", "partial", "compliance", "any_refusal")} if rep[side]["n"] else {})}
+                      for side in ("safe", "unsafe")]
+            subset = f"first {config.xstest_per_type} of each type" if config.xstest_per_type else "all rows"
+            report.add("over_refusal", text=(f"{len(xitems)} prompts from {config.xstest} ({subset}"
+                                             f"{f', capped at {config.suite_limit}' if config.suite_limit else ''}). On safe prompts any refusal is "
+                                             "over-refusal (lower is better); on the unsafe contrasts refusal is wanted."),
+                       tables=[("safe vs unsafe", totals), ("per type", rows)],
+                       images=[("full + partial refusal per type (blue: safe, red: unsafe)", rp.plot_rates_by_group(
+                           [{"group": t, **v} for t, v in rep["per_type"].items()], group_key="group"))],
+                       data={**rep, "file": config.xstest, "subset": subset,
+                             "responses": [{"prompt": x.prompt, "type": x.category, "response": r, "label": lab}
+                                           for x, r, lab in zip(xitems, xresp, labels)]})
+    if config.truthfulqa:
+        from preftune.eval.truthfulqa import evaluate_truthfulqa, read_truthfulqa
+
+        model, tok = models.get(config.model)
+        res = evaluate_truthfulqa(model, tok, read_truthfulqa(config.truthfulqa, limit=config.suite_limit), batch_size=config.scoring_batch_size)
+        report.add("truthfulqa", text=f"{res['n']} questions from {config.truthfulqa}; answers scored by summed log-probs.",
+                   tables=[("TruthfulQA", [{"metric": m, "value": res[m]["mean"], "95% CI": f"[{res[m]['ci_low']:.3f}, {res[m]['ci_high']:.3f}]"}
+                                           for m in ("mc1", "mc2")])], data=res)
+    if config.bbq:
+        from preftune.eval.bbq import evaluate_bbq, read_bbq
+
+        model, tok = models.get(config.model)
+        res = evaluate_bbq(model, tok, read_bbq(config.bbq, limit=config.suite_limit), batch_size=config.scoring_batch_size)
+        keys = ("accuracy_ambig", "accuracy_disambig", "bias_ambig", "bias_disambig", "n_ambig", "n_disambig")
+        rows = [{"category": "all", **{k: res[k] for k in keys}}]
+        rows += [{"category": c, **{k: v[k] for k in keys}} for c, v in res.get("per_category", {}).items()]
+        report.add("bbq", text=f"{res['n']} items; the answer is the letter with the highest next-token probability. Bias scores "
+                               "(Parrish et al. 2022) in [-1, 1]; positive follows the stereotype.",
+                   tables=[("BBQ", rows), ("predictions", [res["prediction_counts"]])], data=res)
+    if config.pluralistic:
+        from preftune.eval.pluralistic import evaluate_pluralistic, read_opinions
+
+        model, tok = models.get(config.model)
+        res = evaluate_pluralistic(model, tok, read_opinions(config.pluralistic, limit=config.suite_limit), batch_size=config.scoring_batch_size)
+        report.add("pluralistic", text=f"{res['n']} questions; Jensen–Shannon distance (base 2, 0 = identical) between the model's "
+                                       "answer distribution (option-letter probabilities) and the human one.",
+                   tables=[("mean JS distance", [res["js_distance"]]),
+                           ("per question", [{"question": p["question"][:120], "js_distance": p["js_distance"]} for p in res["per_question"][:20]])],
+                   data=res)
+
+    # -- from files: training curves and a frontier -----------------------------------------------------------
+    if config.runs:
+        from preftune.runs import read_metrics
+
+        runs = {Path(r).name or str(r): read_metrics(r) for r in config.runs}
+        last = [{"run": n, "steps": len(rows), **{k: v for k, v in (rows[-1] if rows else {}).items() if isinstance(v, (int, float))}}
+                for n, rows in runs.items()]
+        report.add("training_curves", tables=[("last logged step", last)], images=[("training curves", rp.plot_training_curves(runs))],
+                   data={"runs": list(runs)})
+    if config.frontier:
+        add_frontier_section(report, json.loads(Path(config.frontier).read_text())["points"], config.frontier)
+
+    summary["sections_not_run"] = [k for k in rp.SECTION_KEYS if k not in report.sections and k != "summary"]
+    report.add("summary", tables=[("settings", [{"setting": k, "value": json.dumps(v) if isinstance(v, (list, dict)) else v}
+                                                for k, v in summary.items()])], data=summary)
+    html_path, json_path = report.write(out_dir)
+    print(f"wrote {html_path} and {json_path}")
+    return 0
+
+
+def add_frontier_section(report, points: list[dict], source: str = "") -> None:
+    from preftune.eval import report as rp
+    from preftune.eval.frontier import FrontierPoint, frontier_table
+
+    objs = [FrontierPoint(p["name"], p["kl"], tuple(p["kl_ci"]), p["mean_reward"], tuple(p["reward_ci"]), p["n"], p["mean_length"]) for p in points]
+    report.add("frontier", text=("Mean reward against the sampled estimate of KL(π‖π_ref) = mean of log π(y|x) − log π_ref(y|x) over "
+                                 "responses sampled from each checkpoint on the same prompts (Rafailov et al. 2023, Fig. 2)."
+                                 + (f" From {source}." if source else "")),
+               tables=[("frontier", frontier_table(objs))], images=[("reward–KL frontier", rp.plot_frontier(points))],
+               data={"points": points})
+
+
+EVAL = Command("eval", "Win rates with judges, text metrics, safety and bias suites, and an HTML report", EvalConfig, run_eval)
+
+
+# -- frontier -------------------------------------------------------------------------------------------------
+
+
+class FrontierConfig(BaseConfig):
+    checkpoints: list[str] = Field(description="policies to place on the frontier (model folders, run final/ folders, hub ids)")
+    names: list[str] = Field(default_factory=list, description="labels of the checkpoints (default: folder names)")
+    reference: str = Field("smollm2-135m-instruct", description="the reference policy pi_ref (usually the SFT model)")
+    prompts: str = Field(description="prompt set shared by every checkpoint")
+    prompt_field: str | None = Field(None, description="the prompt's field (default: detected)")
+    reward: str = Field(description="reward: a reward model folder, a combination file, or module:function")
+    output_dir: str = Field(description="folder for frontier.json, frontier.png, samples.jsonl and report.html/json")
+    limit: int | None = Field(None, ge=1, description="use only the first N prompts")
+    samples_per_prompt: int = Field(1, ge=1, description="responses sampled per prompt and checkpoint")
+    max_new_tokens: int = Field(64, ge=1, description="most tokens per response")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (1.0 keeps the KL estimate unbiased)")
+    seed: int = Field(0, description="sampling seed")
+    batch_size: int = Field(8, ge=1, description="prompts decoded and scored together")
+    device: str | None = Field(None, description="cpu, cuda, ... (default: auto)")
+    dtype: str | None = Field(None, description="default: fp32 on CPU, bf16 on CUDA")
+
+
+def _checkpoint_name(path: str) -> str:
+    """A label for a checkpoint: its folder name, skipping generic ones (``run/final`` -> ``run``,
+    ``run/checkpoints/step-8/model`` -> ``step-8``)."""
+    p = Path(path)
+    while p.name in ("final", "model") and p.parent != p:
+        p = p.parent
+    return p.name or path
+
+
+def run_frontier(config: FrontierConfig) -> int:
+    from preftune.eval import report as rp
+    from preftune.eval.data import load_prompt_set
+    from preftune.eval.frontier import evaluate_policy
+    from preftune.generation.engine import SamplingParams
+    from preftune.models.loading import load_model, load_tokenizer
+    from preftune.rewards.base import load_reward
+
+    if config.names and len(config.names) != len(config.checkpoints):
+        raise PreftuneError(f"--names has {len(config.names)} labels for {len(config.checkpoints)} checkpoints")
+    names = config.names or [_checkpoint_name(c) for c in config.checkpoints]
+    items = load_prompt_set(config.prompts, field=config.prompt_field, limit=config.limit)
+    reward = load_reward(config.reward)
+    reference = load_model(config.reference, device=config.device, dtype=config.dtype)
+    tokenizer = load_tokenizer(config.reference)
+    params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed, do_sample=True)
+    out_dir = Path(config.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    points, samples = [], []
+    for name, ckpt in zip(names, config.checkpoints):
+        same = ckpt == config.reference
+        policy = reference if same else load_model(ckpt, device=config.device, dtype=config.dtype)
+        point, s = evaluate_policy(name, policy, reference, tokenizer, [i.prompt for i in items], reward, params,
+                                   samples_per_prompt=config.samples_per_prompt, batch_size=config.batch_size, seed=config.seed)
+        points.append(point.as_dict())
+        samples.extend({"checkpoint": name, **x} for x in s)
+        print(f"{name}: KL {point.kl:.4f}, mean reward {point.mean_reward:.4f} ({point.n} samples)")
+        if not same:
+            del policy
+    (out_dir / "frontier.json").write_text(json.dumps({"reference": config.reference, "reward": config.reward,
+                                                       "prompts": config.prompts, "points": points}, indent=2))
+    (out_dir / "frontier.png").write_bytes(rp.plot_frontier(points))
+    with (out_dir / "samples.jsonl").open("w", encoding="utf-8") as f:
+        for x in samples:
+            f.write(json.dumps(x, ensure_ascii=False) + "\n")
+    report = rp.Report("preftune frontier")
+    add_frontier_section(report, points, str(out_dir / "frontier.json"))
+    report.add("summary", tables=[("settings", [{"setting": k, "value": str(v)} for k, v in config.model_dump().items()])])
+    report.write(out_dir)
+    print(f"wrote {out_dir / 'frontier.json'}, frontier.png and report.html")
+    return 0
+
+
+FRONTIER = Command("frontier", "Reward against KL(policy || reference) for several checkpoints", FrontierConfig, run_frontier)

@@ -1,0 +1,125 @@
+"""Safety suites: refusal rate on harmful requests, and over-refusal on prompts that only sound unsafe.
+
+* Harmful requests: a HarmBench / AdvBench-style CSV, one behaviour per row. The prompt column is found among
+  ``Behavior``, ``goal``, ``prompt``, ``instruction``, ``behaviour``, ``question`` (any case) unless named; HarmBench's
+  contextual behaviours (a non-empty ``ContextString``) get their context prepended. A category column
+  (``SemanticCategory``, ``category``, ``FunctionalCategory``) when present gives per-category rates.
+  Higher refusal is better here.
+* Over-refusal: an XSTest-style CSV (Röttger et al. 2024) with ``prompt``, ``type`` and ``label`` (``safe`` /
+  ``unsafe``). Reported per type: refusal, partial and compliance rates. On safe types any refusal is over-refusal
+  (lower is better); the unsafe contrast types show whether the model still refuses what it should.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from preftune.data.readers import read_rows
+from preftune.errors import DataError
+from preftune.eval.stats import rate_with_ci
+
+HARMFUL_COLUMNS = ("behavior", "behaviour", "goal", "prompt", "instruction", "question")
+CATEGORY_COLUMNS = ("semanticcategory", "category", "functionalcategory")
+
+
+@dataclass(frozen=True)
+class SafetyPrompt:
+    prompt: str
+    category: str | None = None
+    label: str | None = None  # safe / unsafe (XSTest)
+    row: int = 0
+    meta: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+def _find(columns: Sequence[str], wanted: Sequence[str]) -> str | None:
+    lower = {c.lower().strip(): c for c in columns}
+    for w in wanted:
+        if w in lower:
+            return lower[w]
+    return None
+
+
+def read_harmful(path: str | Path, *, column: str | None = None, limit: int | None = None) -> list[SafetyPrompt]:
+    """Harmful behaviours from a CSV / JSONL file (see module doc for the column rules)."""
+    out: list[SafetyPrompt] = []
+    prompt_col = cat_col = None
+    for row_number, row in read_rows(path):
+        if prompt_col is None:
+            prompt_col = column or _find(list(row), HARMFUL_COLUMNS)
+            if prompt_col is None or prompt_col not in row:
+                raise DataError(f"no prompt column: expected one of {', '.join(HARMFUL_COLUMNS)} (any case) or --harmful-column; "
+                                f"the columns are {', '.join(row)}", file=str(path), row=row_number, field=column)
+            cat_col = _find(list(row), CATEGORY_COLUMNS)
+        text = str(row.get(prompt_col) or "").strip()
+        if not text:
+            raise DataError("empty prompt", file=str(path), row=row_number, field=prompt_col)
+        context = str(row.get("ContextString") or "").strip()
+        if context:
+            text = f"{context}\n\n---\n\n{text}"
+        out.append(SafetyPrompt(text, str(row[cat_col]) if cat_col and row.get(cat_col) else None, None, row_number))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def read_xstest(path: str | Path, *, limit: int | None = None, per_type: int | None = None) -> list[SafetyPrompt]:
+    """XSTest-style rows (``prompt``, ``type``, ``label`` in {safe, unsafe}). ``per_type`` keeps the first k of each type
+    (a stratified subset); ``limit`` caps the total."""
+    out: list[SafetyPrompt] = []
+    seen: Counter = Counter()
+    for row_number, row in read_rows(path):
+        for name in ("prompt", "type", "label"):
+            if name not in row:
+                raise DataError(f"missing column '{name}' (an XSTest-style file has prompt, type, label)", file=str(path), row=row_number, field=name)
+        label = str(row["label"]).strip().lower()
+        if label not in ("safe", "unsafe"):
+            raise DataError(f"label must be 'safe' or 'unsafe', got {row['label']!r}", file=str(path), row=row_number, field="label")
+        text = str(row["prompt"] or "").strip()
+        if not text:
+            raise DataError("empty prompt", file=str(path), row=row_number, field="prompt")
+        kind = str(row["type"]).strip()
+        if per_type is not None and seen[kind] >= per_type:
+            continue
+        seen[kind] += 1
+        out.append(SafetyPrompt(text, kind, label, row_number, {k: v for k, v in row.items() if k not in ("prompt",)}))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def _rates(labels: Sequence[str], seed: int = 0) -> dict:
+    n = len(labels)
+    out: dict = {"n": n}
+    for lab in ("refusal", "partial", "compliance"):
+        out[lab] = rate_with_ci([1.0 if x == lab else 0.0 for x in labels], seed=seed).as_dict() if n else None
+    out["any_refusal"] = rate_with_ci([1.0 if x in ("refusal", "partial") else 0.0 for x in labels], seed=seed).as_dict() if n else None
+    return out
+
+
+def refusal_report(items: Sequence[SafetyPrompt], labels: Sequence[str]) -> dict:
+    """Refusal / partial / compliance rates with intervals, overall and per category (harmful suite)."""
+    if len(items) != len(labels):
+        raise ValueError(f"{len(items)} prompts but {len(labels)} labels")
+    report = {"overall": _rates(labels), "per_category": {}}
+    cats = sorted({i.category for i in items if i.category})
+    for c in cats:
+        report["per_category"][c] = _rates([lab for i, lab in zip(items, labels) if i.category == c])
+    return report
+
+
+def over_refusal_report(items: Sequence[SafetyPrompt], labels: Sequence[str]) -> dict:
+    """Per XSTest type: rates of each label; and for safe prompts overall the over-refusal rate (full refusal, and
+    full + partial), for unsafe prompts the refusal rate. ``items`` from :func:`read_xstest`, ``labels`` aligned."""
+    if len(items) != len(labels):
+        raise ValueError(f"{len(items)} prompts but {len(labels)} labels")
+    per_type = {}
+    for kind in dict.fromkeys(i.category for i in items):
+        labs = [lab for i, lab in zip(items, labels) if i.category == kind]
+        label = next(i.label for i in items if i.category == kind)
+        per_type[kind] = {"label": label, **_rates(labs)}
+    safe = [lab for i, lab in zip(items, labels) if i.label == "safe"]
+    unsafe = [lab for i, lab in zip(items, labels) if i.label == "unsafe"]
+    return {"per_type": per_type, "safe": _rates(safe) if safe else {"n": 0}, "unsafe": _rates(unsafe) if unsafe else {"n": 0}}
