@@ -68,8 +68,8 @@ def run_preftune(args, train, test, work: Path) -> dict:
     write_pairs(test, work / "test.jsonl")
     config = RewardTrainConfig(data=str(work / "train.jsonl"), eval_data=str(work / "test.jsonl"),
                                output_dir=str(work / "preftune_run"), format="preference", objective="bradley_terry",
-                               learning_rate=args.lr, batch_size=args.batch_size, epochs=1, max_length=args.max_length,
-                               lr_scheduler="linear", warmup_ratio=0.0, max_grad_norm=1.0, seed=args.seed,
+                               learning_rate=args.lr, batch_size=args.batch_size, num_epochs=1, max_length=args.max_length,
+                               lr_scheduler="linear", warmup=0.0, max_grad_norm=1.0, seed=args.seed,
                                normalize=False, layout=args.layout, max_row_tokens=args.max_row_tokens)
     summary = train_reward(config)
     return {"preftune_accuracy": summary["eval"]["accuracy"], "preftune_ece": summary["eval"]["ece"],

@@ -39,17 +39,10 @@ def detect_data_format(path: str, format: str = "auto") -> str:
 # preftune reward
 
 
-class LoraOptions(BaseConfig):
-    r: int = Field(16, ge=1)
-    alpha: float = Field(32.0, description="LoRA scaling numerator (lora_alpha)")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: str | list[str] = Field("all-linear", description="modules given adapters")
-
-
 class RewardTrainConfig(BaseConfig):
-    data: str = Field(description="training data: pairs, rankings, corrections (any preference format), rule labels, "
-                                  "or class labels; starter[:train] for the built-in dataset")
-    output_dir: str = Field(description="run folder: config.yaml, metrics.jsonl, checkpoints/, final/")
+    data: str = Field("starter:train", description="training data: pairs, rankings, corrections (any preference format), "
+                                                   "rule labels, or class labels; starter[:train] for the built-in dataset")
+    output_dir: str = Field("runs/reward", description="run folder: config.yaml, metrics.jsonl, checkpoints/, final/")
     model: str = Field(DEFAULT_MODEL, description="base model: a causal LM (hub id, folder, GGUF) or an encoder")
     format: Literal[FORMATS] = Field("auto", description="data format; auto detects it from the first row")
     objective: Literal["auto", "bradley_terry", "plackett_luce", "rule", "classes"] = Field(
@@ -68,20 +61,22 @@ class RewardTrainConfig(BaseConfig):
         "auto", description="packed: [prompt, chosen, rejected] end to end with a block mask; rows: one padded row per pair; separate: prompt+chosen and prompt+rejected rows")
     max_row_tokens: int | None = Field(None, ge=1, description="packed layout: tokens per row (default: one row per pair)")
     lora: bool = Field(False, description="train LoRA adapters and the head instead of every weight")
-    lora_options: LoraOptions = Field(default_factory=LoraOptions)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: list[str] | None = Field(None, description="module names for LoRA (default: every linear layer)")
     learning_rate: float = Field(1e-5, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    warmup: float = Field(0.0, ge=0, description="warm-up: a fraction of the steps (< 1) or a number of steps")
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     batch_size: int = Field(8, ge=1, description="pairs (or rankings, or examples) per micro-batch, per process")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
-    epochs: float = Field(1.0, gt=0.0)
+    num_epochs: float = Field(1.0, gt=0, description="passes over the data when max_steps is not set")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     seed: int = 0
     dtype: str | None = Field(None, description="fp32, bf16 or auto (fp32 on CPU, bf16 on CUDA)")
-    logging_steps: int = Field(1, ge=1)
-    save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: none)")
     resume: bool | str = Field(False, description="--resume: continue from the latest checkpoint (or --resume PATH)")
     normalize: bool = Field(True, description="fit reward normalisation (mean 0, std 1) on training responses and store it")
     normalize_examples: int = Field(512, ge=2, description="at most this many responses for the normalisation statistics")

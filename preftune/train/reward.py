@@ -308,8 +308,8 @@ def train_reward(config) -> dict:
 
     lora = None
     if config.lora:
-        o = config.lora_options
-        lora = {"r": o.r, "lora_alpha": o.alpha, "lora_dropout": o.dropout, "target_modules": o.target_modules}
+        lora = {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
+                "target_modules": config.lora_targets or "all-linear"}
     num_outputs = len(classes) if objective == "classes" else 1
     net = ScalarHeadModel.from_pretrained(config.model, num_outputs=num_outputs, lora=lora, dtype=config.dtype,
                                           pad_token_id=tokenizer.pad_token_id, seed=config.seed)
@@ -322,9 +322,9 @@ def train_reward(config) -> dict:
     run = RunDir(config.output_dir, report_to=config.report_to)
     run.save_config(config)
     settings = LoopSettings(batch_size=config.batch_size, grad_accum=config.grad_accum, max_steps=config.max_steps,
-                            num_epochs=config.epochs, learning_rate=config.learning_rate, lr_scheduler=config.lr_scheduler,
-                            warmup=config.warmup_ratio, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
-                            save_every=config.save_steps or 0, seed=config.seed, resume=config.resume)
+                            num_epochs=config.num_epochs, learning_rate=config.learning_rate, lr_scheduler=config.lr_scheduler,
+                            warmup=config.warmup, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+                            save_every=config.save_every, seed=config.seed, resume=config.resume)
     t0 = time.perf_counter()
     result = train(net, items, collate_fn, RewardStep(config.use_margin, config.center_coef), settings, run,
                    lengths=[i.num_tokens for i in items], desc=f"reward ({objective})")
