@@ -155,6 +155,9 @@ def load_model(
     """Load a causal LM (or ``auto_class``) in eval mode on ``device`` with ``dtype`` (see :func:`resolve_dtype`)."""
     from transformers import AutoModelForCausalLM
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar for a one-second load is noise
     auto_class = auto_class or AutoModelForCausalLM
     name = str(name_or_path or DEFAULT_MODEL)
     path = resolve_model_path(name)
