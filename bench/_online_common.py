@@ -68,5 +68,8 @@ def preftune_samples_per_s(algorithm, *, num_prompts: int, num_samples: int, max
         rows.append(trainer.step(s))
     elapsed = time.perf_counter() - t0
     n = steps * num_prompts * num_samples
-    return {"samples_per_s": n / elapsed, "seconds": elapsed, "samples": n,
-            "reward_mean": [r["reward_mean"] for r in rows], "gen_tokens_per_s": [r["gen_tokens_per_s"] for r in rows]}
+    return {"samples_per_s": n / elapsed, "seconds": elapsed, "samples": n, "single_pass": trainer.single_pass,
+            "reference_pass": trainer.needs_reference,
+            "reward_mean": [r["reward_mean"] for r in rows], "gen_tokens_per_s": [r["gen_tokens_per_s"] for r in rows],
+            "step_breakdown_s": [{k: round(r[k], 2) for k in ("generate_s", "rollout_forward_s", "train_s", "step_time_s")}
+                                 for r in rows]}

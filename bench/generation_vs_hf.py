@@ -7,7 +7,10 @@ Both decode the same chat prompts of the default model in batches of --batch-siz
 including EOS; transformers' rows are cut at their first EOS). Two modes:
 
 * ``sample``: temperature 1 (the RL setting); outputs differ between engines, so tokens/s is compared;
-* ``greedy``: identical outputs (checked), the same work for both.
+* ``greedy``: identical outputs (checked), the same work for both;
+* ``group``: online RL's pattern, --group-size samples of each prompt at temperature 1 (batches of --batch-size
+  prompts, i.e. batch-size x group-size rows): preftune prefills each prompt once and copies its KV cache to the
+  group; transformers gets ``num_return_sequences`` (what TRL's trainers do: the prompt repeated, prefilled each time).
 
 Runs alternate (ours, theirs, ours, theirs, ...) and the best of --repeats is kept for each.
 """
@@ -39,7 +42,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--num-prompts", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--modes", default="sample,greedy")
+    ap.add_argument("--modes", default="sample,greedy,group")
+    ap.add_argument("--group-size", type=int, default=4)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
@@ -53,10 +57,15 @@ def main() -> None:
     prompts = [encode_prompt(tok, [{"role": "user", "content": q}]) for q in QUESTIONS[: args.num_prompts]]
     engine = HFEngine(model, tok, batch_size=args.batch_size, show_progress=False)
 
+    group_engine = HFEngine(model, tok, batch_size=args.batch_size * args.group_size, show_progress=False)
+
     def ours(mode: str, seed: int):
-        params = SamplingParams(max_new_tokens=args.max_new_tokens, do_sample=mode == "sample", temperature=1.0, seed=seed)
+        params = SamplingParams(max_new_tokens=args.max_new_tokens, do_sample=mode != "greedy", temperature=1.0, seed=seed)
         t = time.perf_counter()
-        out = engine.generate(prompts, params)
+        if mode == "group":
+            out = group_engine.generate([p for p in prompts for _ in range(args.group_size)], params)
+        else:
+            out = engine.generate(prompts, params)
         return time.perf_counter() - t, out.sequences
 
     def theirs(mode: str, seed: int):
@@ -67,8 +76,9 @@ def main() -> None:
             torch.manual_seed(seed + i)
             t = time.perf_counter()
             with torch.inference_mode():
-                g = model.generate(**batch, max_new_tokens=args.max_new_tokens, do_sample=mode == "sample", temperature=1.0,
-                                   top_p=1.0, top_k=0, pad_token_id=tok.pad_token_id, eos_token_id=eos)
+                g = model.generate(**batch, max_new_tokens=args.max_new_tokens, do_sample=mode != "greedy", temperature=1.0,
+                                   top_p=1.0, top_k=0, pad_token_id=tok.pad_token_id, eos_token_id=eos,
+                                   num_return_sequences=args.group_size if mode == "group" else 1)
             elapsed += time.perf_counter() - t
             for row in g[:, batch["input_ids"].shape[1]:].tolist():
                 cut = row.index(eos) + 1 if eos in row else len(row)

@@ -164,7 +164,9 @@ def main() -> None:
         out = Path(tempfile.mkdtemp()) / "trl.json"
         subprocess.run([str(python), __file__, "--trl-worker", "--json", str(out), "--rm", str(rm),
                         "--num-prompts", str(args.num_prompts), "--batch-size", str(args.batch_size),
-                        "--max-new-tokens", str(args.max_new_tokens)], check=True)
+                        "--max-new-tokens", str(args.max_new_tokens)], check=True,
+                       # the main venv's editable install of preftune is not seen through the .pth chain: put the repo on the path
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))})
         theirs = json.loads(out.read_text())
         print("trl", json.dumps(theirs), flush=True)
         result["trl"] = theirs

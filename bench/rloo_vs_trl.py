@@ -3,10 +3,13 @@
     OMP_NUM_THREADS=2 flock /tmp/preftune_heavy.lock .venv/bin/python bench/rloo_vs_trl.py --json OUT
 
 Same default model (full fine-tuning, fp32, CPU), the same 16 chat prompts x 4 samples per step, 48 new tokens
-at temperature 1, one optimizer step per rollout over all 64 samples, the same transparent Python reward,
-a reference model for the KL term (beta 0.05 RLOO / 0.04 GRPO), learning rate 1e-6. Samples/s counts
-generated responses per second of training (TRL: its train_runtime; preftune: the loop's steps).
-Writes {"rloo_ratio", "grpo_ratio", ...}.
+at temperature 1 (top-p 1, top-k off), one optimizer step per rollout over all 64 samples (one epoch, one minibatch:
+TRL's num_iterations=1, steps_per_generation=1), PPO clip 0.2, the same transparent Python reward, learning rate
+1e-6. The KL coefficient is each TRL trainer's own default unless given: RLOO beta 0.05 (RLOOConfig.beta; a
+reference model and a KL penalty in the reward), GRPO beta 0.0 (GRPOConfig.beta in TRL 1.16: no reference model;
+--grpo-beta 0.04 for the DeepSeekMath setting, where both sides then run a reference pass). Samples/s counts
+generated responses per second of training (TRL: its train_runtime; preftune: the loop's steps, after model loading).
+Writes {"rloo_ratio", "grpo_ratio", ...} and the settings of both sides.
 """
 
 from __future__ import annotations
@@ -60,20 +63,30 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--methods", default="rloo,grpo")
+    ap.add_argument("--rloo-beta", type=float, default=0.05, help="TRL 1.16 RLOOConfig default")
+    ap.add_argument("--grpo-beta", type=float, default=0.0, help="TRL 1.16 GRPOConfig default")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     from preftune.rl.pg import PGSettings, PolicyGradient
 
-    result: dict = {"settings": vars(args)}
+    import trl
+
+    result: dict = {"settings": vars(args) | {
+        "trl_version": trl.__version__, "torch_threads": torch.get_num_threads(),
+        "both_sides": "same model/prompts/reward, k samples per prompt, max new tokens, temperature 1, top_p 1, top_k 0, "
+                      "one epoch (TRL num_iterations=1) of one minibatch of all samples, clip 0.2, lr 1e-6, the beta below",
+        "trl_defaults_checked": {"RLOOConfig.beta": 0.05, "GRPOConfig.beta": 0.0, "num_iterations": 1,
+                                 "steps_per_generation": 1, "GRPOConfig.loss_type": "dapo (preftune: per-sequence mean; same cost)",
+                                 "GRPOConfig.scale_rewards": "group (preftune: scale_rewards=True)"}}}
     shape = dict(num_prompts=args.num_prompts, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, steps=args.steps)
     for method in args.methods.split(","):
-        beta = 0.05 if method == "rloo" else 0.04
+        beta = args.rloo_beta if method == "rloo" else args.grpo_beta
         ours = preftune_samples_per_s(PolicyGradient(PGSettings(method=method, num_samples=args.num_samples)),
                                       minibatch_size=args.num_prompts * args.num_samples, kl_coef=beta, **shape)
         print(method, "preftune", json.dumps(ours), flush=True)
         theirs = trl_samples_per_s(method, beta=beta, **shape)
         print(method, "trl", json.dumps(theirs), flush=True)
-        result[method] = {"preftune": ours, "trl": theirs}
+        result[method] = {"preftune": ours, "trl": theirs, "beta": beta}
         result[f"{method}_ratio"] = ours["samples_per_s"] / theirs["samples_per_s"]
         result[f"preftune_{method}_samples_per_s"] = ours["samples_per_s"]
         result[f"trl_{method}_samples_per_s"] = theirs["samples_per_s"]

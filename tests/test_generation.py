@@ -174,3 +174,23 @@ def test_generate_texts_with_conversations(model, tok):
 def test_empty_prompt_is_an_error(model, tok):
     with pytest.raises(PreftuneError, match="prompt 1 is empty"):
         HFEngine(model, tok).generate([[5], []], SamplingParams(max_new_tokens=2))
+
+
+def test_repeated_prompts_are_prefilled_once_with_the_same_results(model, tok, prompt_ids):
+    # k copies of each prompt (online RL): one prefill per distinct prompt, its KV cache copied to the k rows;
+    # greedy rows equal the single-prompt runs, and seeded sampling is reproducible
+    engine = HFEngine(model, tok, batch_size=16, show_progress=False)
+    repeated = [p for p in prompt_ids for _ in range(3)]
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    try:
+        greedy = engine.generate(repeated, SamplingParams(max_new_tokens=6, do_sample=False))
+    finally:
+        handle.remove()
+    assert calls[0][0] == len(prompt_ids)  # the prefill: 4 rows, not 12
+    alone = engine.generate(prompt_ids, SamplingParams(max_new_tokens=6, do_sample=False))
+    assert greedy.sequences == [s for s in alone.sequences for _ in range(3)]
+    params = SamplingParams(max_new_tokens=6, seed=7)
+    a, b = engine.generate(repeated, params), engine.generate(repeated, params)
+    assert a.sequences == b.sequences and a.logprobs == b.logprobs
+    assert len({tuple(s) for s in a.sequences}) > len(prompt_ids)  # the copies sample independently

@@ -187,3 +187,11 @@ def test_kl_controllers():
     fresh = P.AdaptiveKLController(0.1, target=6.0, horizon=100)
     fresh.load_state_dict(state)
     assert fresh.value == pytest.approx(0.0918)
+
+
+def test_chunked_entropy_matches_and_has_no_grad():
+    # rows: uniform over 4 -> log 4; one-hot-ish (100, 0, 0, 0) -> ~0; uniform over 2 of 4 (-1e4 elsewhere) -> log 2
+    logits = T([[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0], [1.0, 1.0, -1e4, -1e4]]).requires_grad_()
+    ent = P.chunked_entropy(logits, chunk_size=2)
+    assert not ent.requires_grad
+    assert torch.allclose(ent, T([math.log(4), 0.0, math.log(2)]), atol=1e-5)

@@ -105,6 +105,87 @@ def test_resume_replays_the_uninterrupted_run(chatml_tokenizer, tmp_path, method
     resumed = make_trainer(chatml_tokenizer, method, tmp_path / "part", steps=4, resume=True)  # ... and resumed
     resumed.train()
     got = read_metrics(resumed.run.path)
-    volatile = ("gen_tokens_per_s", "train_tokens_per_s", "step_time_s", "samples_per_s")
+    from preftune.rl.loop import TIMING_METRICS as volatile
     strip = lambda rows: [{k: v for k, v in r.items() if k not in volatile} for r in rows]  # noqa: E731
     assert strip(got) == strip(expected)
+
+
+# -- doing less work: group packing, the single-pass update, no reference pass at beta 0 ----------------------------
+
+def _naive_token_logprobs(model, prompt, seq):
+    """log pi(y_t | x, y_<t) from the whole model on the unpacked sequence prompt + seq: [len(seq)]."""
+    ids = torch.tensor([list(prompt) + list(seq)])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
+    return logits.log_softmax(-1).gather(-1, torch.tensor(seq)[:, None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("max_row_tokens", [None, 12, 512])
+def test_group_packing_matches_per_sequence_logprobs(chatml_tokenizer, max_row_tokens):
+    from preftune.models.logprobs import pack_shared_prompts
+    from preftune.rl.experience import policy_forward
+
+    model = tiny_model(len(chatml_tokenizer), seed=3).eval()
+    a, b = [5, 6, 7], [8, 9]
+    prompts = [a, a, a, b, b, a]  # two groups of 3 + 2 responses, plus a stray repeat of the first prompt
+    seqs = [[10, 11, 2], [12], [13, 14, 15, 16], [17, 18], [19, 20, 21], [22, 2]]
+    batch = pack_shared_prompts(prompts, seqs, pad_id=0, max_row_tokens=max_row_tokens)
+    # one copy of each prompt: 3 + 2 prompt tokens + 15 response tokens, no more
+    assert int((batch.doc_ids >= 0).sum()) == 5 + sum(map(len, seqs))
+    assert batch.segments.tolist() == [i for i, s in enumerate(seqs) for _ in s]  # the caller's order
+    fwd = policy_forward(model, prompts, seqs, pad_id=0, max_row_tokens=max_row_tokens)
+    flat = policy_forward(model, prompts, seqs, pad_id=0, share_prompts=False)
+    for i, (p, s) in enumerate(zip(prompts, seqs)):
+        naive = _naive_token_logprobs(model, p, s)
+        assert torch.allclose(fwd.logprobs[i, : len(s)], naive, atol=1e-5), i
+        assert torch.allclose(flat.logprobs[i, : len(s)], naive, atol=1e-5), i
+        assert fwd.logprobs[i, len(s):].abs().sum() == 0
+
+
+def test_group_by_prompt_and_pack_groups_layout():
+    from preftune.models.logprobs import group_by_prompt, pack_groups
+
+    assert group_by_prompt([[1, 2], [3], [1, 2]]) == ([[1, 2], [3]], [[0, 2], [1]])
+    batch = pack_groups([[1, 2]], [[[3, 4], [5]]], pad_id=0)
+    # one row [prompt 1 2 | 3 4 | 5]: completions restart at position 2, parent = the prompt (document 0)
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 2]]
+    assert batch.doc_ids.tolist() == [[0, 0, 1, 1, 2]] and batch.parent_ids.tolist() == [[-1, -1, 0, 0, 0]]
+    # token 3 and token 5 are both predicted from the prompt's last column (1); 4 from 3's column (2)
+    assert batch.cols.tolist() == [1, 2, 1] and batch.targets.tolist() == [3, 4, 5] and batch.segments.tolist() == [0, 0, 1]
+    assert batch.block_mask
+    with pytest.raises(ValueError, match="a group needs a non-empty prompt"):
+        pack_groups([[]], [[[1]]], pad_id=0)
+
+
+@pytest.mark.parametrize("method", ["rloo", "grpo", "ppo"])
+def test_single_pass_update_equals_the_two_pass_update(chatml_tokenizer, tmp_path, method):
+    # one epoch, one minibatch: the old log-probs taken from the training forward give the same step as a separate
+    # no-grad pass (the ratio is 1 either way), with one forward fewer
+    runs = {}
+    for single in (True, False):
+        t = make_trainer(chatml_tokenizer, method, tmp_path / str(single), steps=2, ppo_epochs=1, minibatch_size=32,
+                         single_pass=single, kl_coef=0.1)
+        assert t.single_pass is single
+        # plain SGD: Adam would blow float noise in near-zero gradients (e.g. the k3 KL at pi = pi_ref) up to lr-sized steps
+        t.optimizer = torch.optim.SGD(t.params, lr=0.5)
+        rows = [t.step(s) for s in range(2)]
+        runs[single] = (rows, torch.nn.utils.parameters_to_vector(t.module.parameters()).detach())
+    (rows1, p1), (rows2, p2) = runs[True], runs[False]
+    assert torch.allclose(p1, p2, atol=1e-5)
+    for key in ("reward_mean", "kl", "entropy", "policy_loss", "clip_frac"):
+        assert rows1[-1][key] == pytest.approx(rows2[-1][key], abs=1e-4), key
+    assert rows1[0]["clip_frac"] == 0.0 and rows1[0]["approx_kl"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_beta_zero_skips_the_reference_pass(chatml_tokenizer, tmp_path):
+    trainer = make_trainer(chatml_tokenizer, "grpo", tmp_path, steps=1, kl_coef=0.0, ppo_epochs=1, minibatch_size=32)
+    calls = []
+    reference = trainer.reference
+    trainer.reference = lambda p, s: calls.append(len(s)) or reference(p, s)
+    row = trainer.step(0)
+    assert calls == [] and "kl" not in row and row["kl_coef"] == 0.0
+    trainer.s.kl_coef = 0.1
+    trainer.kl_ctl.value = 0.1
+    row = trainer.step(1)
+    assert sum(calls) == 32 and "kl" in row

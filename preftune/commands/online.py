@@ -52,6 +52,8 @@ class OnlineConfig(_Common):
     ppo_epochs: int = Field(1, ge=1, description="passes over each rollout")
     minibatch_size: int = Field(8, ge=1, description="responses per optimizer step")
     forward_batch_size: int = Field(16, ge=1, description="responses per no-grad forward pass in the rollout")
+    single_pass: bool = Field(True, description="one epoch of one minibatch: take the old log-probs from the training "
+                              "forward instead of a separate no-grad pass (--no-single-pass: always the separate pass)")
     learning_rate: float | None = Field(None, gt=0, description="default 1e-6 (full) / 1e-5 (LoRA)")
     max_grad_norm: float | None = Field(1.0)
     kl_coef: float = Field(0.05, ge=0, description="beta of the KL penalty to the reference")
@@ -242,7 +244,7 @@ def _run_online(config: OnlineConfig, algorithm) -> int:
         kl_target=config.kl_target, kl_horizon=config.kl_horizon, ptx_coef=config.ptx_coef,
         ptx_batch_size=config.ptx_batch_size, save_every=config.save_every, sample_every=config.sample_every,
         seed=config.seed, resume=config.resume or None, gen_batch_size=config.gen_batch_size,
-        forward_batch_size=config.forward_batch_size)
+        forward_batch_size=config.forward_batch_size, single_pass=None if config.single_pass else False)
     trainer = OnlineTrainer(policy=policy, tokenizer=tokenizer, algorithm=algorithm, reward_fn=reward_fn, prompts=prompts,
                             prompt_ids=prompt_ids, settings=settings, run=run, ref_model=ref_model, value_head=value_head,
                             critic=critic, ptx_data=ptx)

@@ -16,7 +16,9 @@ Everything downstream (online RL, best-of-N, evaluation) calls :class:`Generatio
   at that temperature *before* top-k / top-p truncation; with greedy decoding the raw log-probs);
 * stop each sequence on its own (EOS or a stop string) and drop finished rows from the batch, so a
   long straggler does not keep paying for the others;
-* compute the LM head at the last position only during prefill (``logits_to_keep=1``).
+* compute the LM head at the last position only during prefill (``logits_to_keep=1``);
+* prefill each distinct prompt of a batch once and copy its KV cache to the rows sampling from it (the k
+  samples per prompt of online RL), instead of prefilling k identical copies as ``generate`` does.
 
 Prompts are left-padded within a batch (position ids count real tokens only), sorted by length
 so that a batch wastes little padding, and returned in the caller's order. Sampling draws from a
@@ -35,6 +37,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from preftune.errors import PreftuneError
+from preftune.models.logprobs import group_by_prompt
 from preftune.progress import progress
 
 
@@ -140,7 +143,7 @@ def sample_next(
         logp = logits.log_softmax(-1)
         tokens = logits.argmax(-1)
     else:
-        scaled = logits / params.temperature
+        scaled = logits / params.temperature if params.temperature != 1.0 else logits
         logp = scaled.log_softmax(-1)
         filtered = filter_top_p(filter_top_k(scaled, params.top_k), params.top_p)
         probs = logp.exp() if filtered is scaled else filtered.softmax(-1)
@@ -310,10 +313,14 @@ class HFEngine:
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator) -> list[tuple]:
         model, dev = self.model, self.device
         b = len(prompts)
-        width = max(len(p) for p in prompts)
-        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((b, width), dtype=torch.long)
-        for i, p in enumerate(prompts):
+        # each distinct prompt is prefilled once; its KV cache is then copied to every row that samples from it
+        # (k samples per prompt in online RL: k-fold less prefill work)
+        unique, members = group_by_prompt(prompts)
+        width = max(len(p) for p in unique)
+        u = len(unique)
+        ids = torch.full((u, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((u, width), dtype=torch.long)
+        for i, p in enumerate(unique):
             ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p):] = 1
         ids, mask = ids.to(dev), mask.to(dev)
@@ -324,6 +331,14 @@ class HFEngine:
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()
         next_pos = positions[:, -1] + 1
+        if u < b:
+            source = [0] * b
+            for g, rows in enumerate(members):
+                for r in rows:
+                    source[r] = g
+            expand = torch.tensor(source, dtype=torch.long, device=dev)
+            cache.reorder_cache(expand)
+            logits, mask, next_pos = logits[expand], mask[expand], next_pos[expand]
 
         tokens: list[list[int]] = [[] for _ in range(b)]
         logps: list[list[float]] = [[] for _ in range(b)]

@@ -7,7 +7,13 @@ One rollout is ``B = num_prompts * k`` responses, grouped prompt by prompt (samp
 The sampler's own log-probs are *not* used as the "old" policy: the engine runs under
 ``inference_mode`` with a KV cache (and, elsewhere, maybe vLLM in another precision), so its numbers can
 differ from the training forward pass. ``old_logprobs`` are recomputed here by the same forward code the
-update uses, so that the PPO ratio is exactly 1 on the first minibatch.
+update uses, so that the PPO ratio is exactly 1 on the first minibatch. When the update is a single optimizer
+step over the whole rollout (one epoch, one minibatch) the loop skips that pass and takes the old log-probs,
+detached, from the training forward itself (:meth:`preftune.rl.loop.OnlineTrainer.update_single_pass`).
+
+Every forward pass lays the k responses of a prompt out as one group ``[prompt, y_1, ..., y_k]`` with a block
+mask (:func:`preftune.models.logprobs.pack_groups`), so the prompt is computed once per group, not k times,
+and no padding is processed; the LM head runs only where a response token is predicted.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ import torch
 
 from preftune.data.formats import Prompt
 from preftune.generation.engine import GenerationEngine, SamplingParams
-from preftune.losses.policy import entropy_from_logits
-from preftune.models.logprobs import _split, _unwrap, completion_hidden, pack_completions, resolve_layout, token_logprobs
+from preftune.losses.policy import chunked_entropy
+from preftune.models.logprobs import (_split, _unwrap, completion_hidden, pack_completions, pack_shared_prompts,
+                                      resolve_layout, token_logprobs)
 
 
 @dataclass
@@ -47,12 +54,21 @@ def response_mask(sequences: Sequence[Sequence[int]], device=None) -> torch.Tens
     return (torch.arange(width)[None, :] < lengths[:, None]).long().to(device)
 
 
-def _hidden(model, prompt_ids, sequences, pad_id, max_row_tokens):
-    """Hidden states [N, H] at the positions that predict each response token, and the LM head."""
+def _hidden(model, prompt_ids, sequences, pad_id, max_row_tokens, share_prompts: bool = True):
+    """Hidden states [N, H] at the positions that predict each response token, and the LM head.
+
+    With the packed layout and ``share_prompts``, responses to the same prompt (the k samples of a group) are laid
+    out as one group ``[prompt, y_1, ..., y_k]`` (:func:`preftune.models.logprobs.pack_shared_prompts`): the prompt
+    goes through the decoder once per group instead of k times.
+    """
     lm = _unwrap(model)
     device = next(lm.parameters()).device
     layout = resolve_layout(model, "auto")
-    batch = pack_completions(prompt_ids, sequences, pad_id=pad_id, layout=layout, max_row_tokens=max_row_tokens).to(device)
+    if layout == "packed" and share_prompts:
+        batch = pack_shared_prompts(prompt_ids, sequences, pad_id=pad_id, max_row_tokens=max_row_tokens).to(device)
+    else:
+        batch = pack_completions(prompt_ids, sequences, pad_id=pad_id, layout=layout,
+                                 max_row_tokens=max_row_tokens).to(device)
     head = lm.get_output_embeddings()
     if _split(lm) is not None:
         return completion_hidden(model, batch), head, batch
@@ -65,15 +81,18 @@ def _hidden(model, prompt_ids, sequences, pad_id, max_row_tokens):
 
 def policy_forward(model, prompt_ids: Sequence[Sequence[int]], sequences: Sequence[Sequence[int]], *, pad_id: int,
                    temperature: float = 1.0, value_head: torch.nn.Module | None = None, critic=None,
-                   with_entropy: bool = False, max_row_tokens: int | None = 1024) -> PolicyForward:
+                   with_entropy: bool = False, max_row_tokens: int | None = 512, share_prompts: bool = True) -> PolicyForward:
     """log pi(y_t | x, y_<t) / T-tempered (as the sampler drew them) for every response token, and optionally the
     entropy of each position's distribution and the values V(x, y_<t).
 
     Values come from ``value_head`` on the policy's own hidden states (shared trunk), or from ``critic``
-    (a :class:`Critic`, a separate model). The LM head runs only at response positions (packed rows, no padding).
+    (a :class:`Critic`, a separate model). The LM head runs only at response positions (packed rows, no padding);
+    responses sharing a prompt share its forward pass (``share_prompts``, see :func:`_hidden`). Rows hold at most
+    ``max_row_tokens`` tokens (a longer group gets its own row): attention is quadratic in the row length.
+    The entropy is a diagnostic: computed without grad, in chunks, from the logits already there.
     """
     mask = response_mask(sequences)
-    hidden, head, batch = _hidden(model, prompt_ids, sequences, pad_id, max_row_tokens)
+    hidden, head, batch = _hidden(model, prompt_ids, sequences, pad_id, max_row_tokens, share_prompts)
     logits = head(hidden).float()
     if temperature != 1.0:
         logits = logits / temperature
@@ -82,7 +101,7 @@ def policy_forward(model, prompt_ids: Sequence[Sequence[int]], sequences: Sequen
     mask = mask.to(device)
     out = PolicyForward(dense(lp, mask))
     if with_entropy:
-        out.entropy = dense(entropy_from_logits(logits), mask)
+        out.entropy = dense(chunked_entropy(logits.detach()), mask)
     if value_head is not None:
         out.values = dense(value_head(hidden).squeeze(-1).float(), mask)
     elif critic is not None:
@@ -99,7 +118,7 @@ class Critic(torch.nn.Module):
         hidden = lm.config.get_text_config().hidden_size if hasattr(lm.config, "get_text_config") else lm.config.hidden_size
         self.head = value_head_for(hidden)
 
-    def forward(self, prompt_ids, sequences, *, pad_id: int, max_row_tokens: int | None = 1024) -> torch.Tensor:
+    def forward(self, prompt_ids, sequences, *, pad_id: int, max_row_tokens: int | None = 512) -> torch.Tensor:
         hidden, _, _ = _hidden(self.lm, prompt_ids, sequences, pad_id, max_row_tokens)
         return dense(self.head(hidden).squeeze(-1).float(), response_mask(sequences, hidden.device))
 
@@ -123,9 +142,9 @@ class Rollout:
     finished: torch.Tensor  # [B] bool: ended at EOS / a stop string
     mask: torch.Tensor  # [B, T]
     scores: torch.Tensor  # [B] reward from the reward function (before penalties)
-    logprobs: torch.Tensor  # [B, T] old policy, recomputed
-    ref_logprobs: torch.Tensor  # [B, T]
-    entropy: torch.Tensor  # [B, T]
+    logprobs: torch.Tensor | None  # [B, T] old policy, recomputed (None until the training forward fills it)
+    ref_logprobs: torch.Tensor | None  # [B, T] (None: no reference pass, the KL coefficient is 0)
+    entropy: torch.Tensor | None  # [B, T]
     values: torch.Tensor | None = None  # [B, T] (PPO)
     advantages: torch.Tensor | None = None  # [B, T] (PPO) or [B] (critic-free)
     returns: torch.Tensor | None = None  # [B, T] (PPO)
@@ -149,11 +168,15 @@ def chunks(n: int, size: int) -> list[range]:
 @torch.no_grad()
 def collect_rollout(*, policy, reference: Callable, engine: GenerationEngine, reward_fn: Callable,
                     prompts: Sequence[Prompt], prompt_ids: Sequence[list[int]], params: SamplingParams, k: int,
-                    pad_id: int, value_head=None, critic=None, forward_batch_size: int = 16) -> Rollout:
+                    pad_id: int, value_head=None, critic=None, forward_batch_size: int = 16, policy_pass: bool = True,
+                    reference_pass: bool = True) -> Rollout:
     """Generate k responses per prompt, score them, and recompute old / reference log-probs (and values).
 
     ``reference(prompt_ids, sequences) -> [B, T]`` gives the reference log-probs (a frozen copy, or the
-    policy with its LoRA adapters switched off).
+    policy with its LoRA adapters switched off). ``policy_pass=False`` leaves ``logprobs`` / ``entropy`` /
+    ``values`` to the caller (the single-pass update takes them from its own training forward);
+    ``reference_pass=False`` skips the reference (``ref_logprobs`` None: a KL coefficient of 0 needs none).
+    Forward passes run ``forward_batch_size`` responses at a time, rounded to whole groups of k.
     """
     prompts_k = repeat_prompts(prompts, k)
     ids_k = repeat_prompts(prompt_ids, k)
@@ -167,19 +190,24 @@ def collect_rollout(*, policy, reference: Callable, engine: GenerationEngine, re
     t2 = time.perf_counter()
     temperature = params.temperature if not params.greedy else 1.0
     parts = {"logprobs": [], "ref": [], "entropy": [], "values": []}
-    for rows in chunks(len(sequences), forward_batch_size):
+    step = max(k, forward_batch_size // k * k)
+    for rows in chunks(len(sequences), step) if (policy_pass or reference_pass) else []:
         p = [ids_k[i] for i in rows]
         s = [sequences[i] for i in rows]
-        out = policy_forward(policy, p, s, pad_id=pad_id, temperature=temperature, value_head=value_head,
-                             critic=critic, with_entropy=True)
-        parts["logprobs"].append(out.logprobs)
-        parts["entropy"].append(out.entropy)
-        if out.values is not None:
-            parts["values"].append(out.values)
-        parts["ref"].append(reference(p, s))
+        if policy_pass:
+            out = policy_forward(policy, p, s, pad_id=pad_id, temperature=temperature, value_head=value_head,
+                                 critic=critic, with_entropy=True)
+            parts["logprobs"].append(out.logprobs)
+            parts["entropy"].append(out.entropy)
+            if out.values is not None:
+                parts["values"].append(out.values)
+        if reference_pass:
+            parts["ref"].append(reference(p, s))
     width = max(len(s) for s in sequences)
 
     def cat(xs):
+        if not xs:
+            return None
         return torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in xs]).cpu()
 
     mask = response_mask(sequences)
@@ -187,7 +215,7 @@ def collect_rollout(*, policy, reference: Callable, engine: GenerationEngine, re
         prompts=prompts_k, prompt_ids=ids_k, sequences=sequences, texts=gen.texts,
         finished=torch.tensor(gen.finished, dtype=torch.bool), mask=mask, scores=scores,
         logprobs=cat(parts["logprobs"]), ref_logprobs=cat(parts["ref"]), entropy=cat(parts["entropy"]),
-        values=cat(parts["values"]) if parts["values"] else None, sampler_logprobs=gen.logprobs,
+        values=cat(parts["values"]), sampler_logprobs=gen.logprobs,
     )
     rollout.timings = {"generate_s": t_gen, "reward_s": t_rew, "forward_s": time.perf_counter() - t2,
                        "generated_tokens": sum(len(s) for s in sequences)}

@@ -37,6 +37,11 @@ from preftune.runs import RunDir, resolve_resume
 from preftune.train.loop import load_checkpoint, make_accelerator, save_checkpoint
 
 
+# the wall-clock metrics of a step (they differ between two runs of the same computation)
+TIMING_METRICS = ("gen_tokens_per_s", "train_tokens_per_s", "step_time_s", "samples_per_s", "generate_s",
+                  "rollout_forward_s", "train_s")
+
+
 @dataclass
 class OnlineSettings:
     steps: int = 100
@@ -64,6 +69,7 @@ class OnlineSettings:
     resume: bool | str | None = None
     gen_batch_size: int = 32
     forward_batch_size: int = 16
+    single_pass: bool | None = None  # None: auto (one epoch, one minibatch); False: always recompute in a no-grad pass
 
 
 class ActorCritic(torch.nn.Module):
@@ -129,13 +135,29 @@ class OnlineTrainer:
                               stop=tuple(s.stop), seed=s.seed * 1_000_003 + step, do_sample=s.temperature > 0)
 
     # -- one step -------------------------------------------------------------------------------------
-    def rollout(self, step: int) -> Rollout:
+    @property
+    def single_pass(self) -> bool:
+        """Whether the update is one optimizer step over the whole rollout (one epoch, one minibatch: the usual
+        RLOO / GRPO setting). Then the "old" policy *is* the policy being updated: its log-probs (and values) are
+        taken, detached, from the training forward itself (still recomputed by the training model, never the
+        sampler's), and the separate no-grad pass over the rollout is skipped. The ratio is exactly 1."""
+        s = self.s
+        auto = s.ppo_epochs == 1 and s.minibatch_size >= s.batch_size * max(s.num_samples, 1)
+        return auto if s.single_pass is None else (s.single_pass and auto)
+
+    @property
+    def needs_reference(self) -> bool:
+        """A reference pass is needed unless the KL coefficient is fixed at 0 (then the KL term is 0 whatever it is)."""
+        return self.s.adaptive_kl or self.kl_ctl.value != 0
+
+    def rollout(self, step: int, policy_pass: bool = True) -> Rollout:
         idx = self.prompt_indices(step)
         self.module.eval()
         return collect_rollout(policy=self.policy, reference=self.reference, engine=self.engine, reward_fn=self.reward_fn,
                                prompts=[self.prompts[i] for i in idx], prompt_ids=[self.prompt_ids[i] for i in idx],
                                params=self.sampling_params(step), k=self.s.num_samples, pad_id=self.pad_id,
-                               value_head=self.value_head, critic=self.critic, forward_batch_size=self.s.forward_batch_size)
+                               value_head=self.value_head, critic=self.critic, forward_batch_size=self.s.forward_batch_size,
+                               policy_pass=policy_pass, reference_pass=self.needs_reference)
 
     def _ptx_batch(self) -> tuple[list, list]:
         n = len(self.ptx_data)
@@ -161,25 +183,52 @@ class OnlineTrainer:
                 fwd = policy_forward(self.policy, p, q, pad_id=self.pad_id, temperature=self.temperature,
                                      value_head=self.value_head, critic=self.critic)
                 loss, metrics = self.algo.loss(fwd, rollout, idx, kl_coef)
-                tokens += sum(len(x) + len(y) for x, y in zip(p, q))
-                if s.ptx_coef > 0:
-                    pp, pc = self._ptx_batch()
-                    lp = policy_forward(self.policy, pp, pc, pad_id=self.pad_id).logprobs
-                    ptx = P.ptx_loss(lp, response_mask(pc, lp.device), s.ptx_coef)
-                    loss = loss + ptx
-                    metrics["ptx_loss"] = float(ptx.detach())
-                    tokens += sum(len(x) + len(y) for x, y in zip(pp, pc))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if s.max_grad_norm:
-                    metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm))
-                self.optimizer.step()
+                tokens += sum(len(x) + len(y) for x, y in zip(p, q)) + self._optimizer_step(loss, metrics)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
         out = {k: v / max(count, 1) for k, v in sums.items()}
         out["_train_tokens"] = tokens
         return out
+
+    def _optimizer_step(self, loss: torch.Tensor, metrics: dict) -> int:
+        """Add the PPO-ptx term when asked, backward, clip, step. Returns the ptx tokens processed."""
+        s, tokens = self.s, 0
+        if s.ptx_coef > 0:
+            pp, pc = self._ptx_batch()
+            lp = policy_forward(self.policy, pp, pc, pad_id=self.pad_id).logprobs
+            ptx = P.ptx_loss(lp, response_mask(pc, lp.device), s.ptx_coef)
+            loss = loss + ptx
+            metrics["ptx_loss"] = float(ptx.detach())
+            tokens += sum(len(x) + len(y) for x, y in zip(pp, pc))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if s.max_grad_norm:
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm))
+        self.optimizer.step()
+        return tokens
+
+    def update_single_pass(self, rollout: Rollout, kl_coef: float) -> tuple[dict[str, float], dict[str, float]]:
+        """One forward with grad over the whole rollout: its detached log-probs / values become the rollout's "old"
+        ones, the algorithm prepares advantages from them, and the same graph gives the loss (see :attr:`single_pass`).
+        Returns (the algorithm's prepare metrics, the update metrics)."""
+        self.module.eval()  # no dropout, as in update()
+        b = len(rollout.sequences)
+        fwd = policy_forward(self.policy, rollout.prompt_ids, rollout.sequences, pad_id=self.pad_id,
+                             temperature=self.temperature, value_head=self.value_head, critic=self.critic,
+                             with_entropy=True)
+        width = rollout.mask.shape[1]
+        rollout.logprobs = fwd.logprobs.detach()[:, :width].cpu()
+        rollout.entropy = fwd.entropy[:, :width].cpu()
+        if fwd.values is not None:
+            rollout.values = fwd.values.detach()[:, :width].cpu()
+        if rollout.ref_logprobs is None:  # KL coefficient 0: the KL terms vanish whatever pi_ref is; pi itself (KL 0)
+            rollout.ref_logprobs = rollout.logprobs
+        prep = self.algo.prepare(rollout, kl_coef)
+        loss, metrics = self.algo.loss(fwd, rollout, torch.arange(b), kl_coef)
+        tokens = sum(len(x) + len(y) for x, y in zip(rollout.prompt_ids, rollout.sequences))
+        metrics["_train_tokens"] = tokens + self._optimizer_step(loss, metrics)
+        return prep, metrics
 
     # -- the loop -------------------------------------------------------------------------------------
     def train(self) -> dict[str, float]:
@@ -203,7 +252,7 @@ class OnlineTrainer:
             last = self.step(step)
             self.run.log(step + 1, last)
             bar.update(1)
-            bar.set_postfix(reward=f"{last['reward_mean']:.3f}", kl=f"{last['kl']:.3f}")
+            bar.set_postfix(reward=f"{last['reward_mean']:.3f}", kl=f"{last.get('kl', float('nan')):.3f}")
             if s.sample_every and (step + 1) % s.sample_every == 0:
                 self._write_samples(step + 1)
             if s.save_every and (step + 1) % s.save_every == 0 and step + 1 < s.steps:
@@ -215,12 +264,20 @@ class OnlineTrainer:
 
     def step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        rollout = self.rollout(step)
+        single = self.single_pass
+        rollout = self.rollout(step, policy_pass=not single)
         self._last_rollout = rollout
         kl_coef = self.kl_ctl.value
-        prep = self.algo.prepare(rollout, kl_coef)
+        measured = rollout.ref_logprobs is not None
         t1 = time.perf_counter()
-        upd = self.update(rollout, step, kl_coef)
+        if single:
+            prep, upd = self.update_single_pass(rollout, kl_coef)
+        else:
+            if not measured:
+                rollout.ref_logprobs = rollout.logprobs
+            prep = self.algo.prepare(rollout, kl_coef)
+            t1 = time.perf_counter()
+            upd = self.update(rollout, step, kl_coef)
         t_train = time.perf_counter() - t1
         mask = rollout.mask
         kl_seq = P.masked_sum(rollout.logprobs - rollout.ref_logprobs, mask, dim=-1)
@@ -232,7 +289,7 @@ class OnlineTrainer:
         metrics = {
             "reward_mean": float(rollout.scores.mean()),
             "reward_std": float(rollout.scores.std()) if len(rollout.scores) > 1 else 0.0,
-            "kl": kl,
+            **({"kl": kl} if measured else {}),  # not measured when beta = 0 (no reference pass)
             "kl_coef": kl_coef,
             "entropy": float(P.masked_mean(rollout.entropy, mask)),
             "response_length": float(lengths.mean()),
@@ -240,6 +297,9 @@ class OnlineTrainer:
             **prep,
             **upd,
             "gen_tokens_per_s": timings["generated_tokens"] / max(timings["generate_s"], 1e-9),
+            "generate_s": timings["generate_s"],
+            "rollout_forward_s": timings["forward_s"],
+            "train_s": t_train,
             "train_tokens_per_s": train_tokens / max(t_train, 1e-9),
             "step_time_s": time.perf_counter() - t0,
         }
