@@ -21,7 +21,7 @@ from preftune.errors import PreftuneError
 class DemoConfig(BaseConfig):
     model: str = Field("smollm2-135m-instruct", description="the base model")
     output_dir: str = Field("runs/demo", description="one run folder per stage goes under here")
-    steps: int = Field(30, ge=1, description="optimizer steps of each training stage")
+    steps: int = Field(16, ge=1, description="optimizer steps of each training stage")
     ppo_steps: int = Field(4, ge=0, description="PPO steps (0: skip PPO)")
     eval_prompts: int = Field(16, ge=1, description="held-out prompts (starter:test) in the final evaluation")
     max_new_tokens: int = Field(64, ge=1, description="response length in PPO and evaluation")
