@@ -40,7 +40,7 @@ def polite_reward(prompts, completions, **kwargs):
 
 def preftune_samples_per_s(algorithm, *, num_prompts: int, num_samples: int, max_new_tokens: int, steps: int,
                            minibatch_size: int, ppo_epochs: int = 1, learning_rate: float = 1e-6, kl_coef: float = 0.05,
-                           value_head: bool = False) -> dict:
+                           value_head: bool = False, decode_dtype: str = "auto") -> dict:
     """preftune's online loop on the default model; samples/s over ``steps`` steps (after one warm-up rollout)."""
     from preftune.data.tokenize import encode_prompt
     from preftune.models.loading import load_model, load_tokenizer
@@ -56,7 +56,8 @@ def preftune_samples_per_s(algorithm, *, num_prompts: int, num_samples: int, max
     settings = OnlineSettings(steps=steps, batch_size=num_prompts, num_samples=num_samples, max_new_tokens=max_new_tokens,
                               temperature=1.0, ppo_epochs=ppo_epochs, minibatch_size=minibatch_size,
                               learning_rate=learning_rate, kl_coef=kl_coef, sample_every=0, seed=0,
-                              gen_batch_size=num_prompts * num_samples, forward_batch_size=16)
+                              gen_batch_size=num_prompts * num_samples, forward_batch_size=16,
+                              decode_dtype=decode_dtype)
     head = value_head_for(policy.config.hidden_size) if value_head else None
     reward = lambda p, r: polite_reward(p, r)  # noqa: E731
     trainer = OnlineTrainer(policy=policy, tokenizer=tok, algorithm=algorithm, reward_fn=reward, prompts=prompts,
@@ -69,7 +70,8 @@ def preftune_samples_per_s(algorithm, *, num_prompts: int, num_samples: int, max
     elapsed = time.perf_counter() - t0
     n = steps * num_prompts * num_samples
     return {"samples_per_s": n / elapsed, "seconds": elapsed, "samples": n, "single_pass": trainer.single_pass,
-            "reference_pass": trainer.needs_reference,
+            "reference_pass": trainer.needs_reference, "decode_dtype": str(trainer.engine.decode_dtype or "model"),
+            "sampler_logprob_gap": [round(r["sampler_logprob_gap"], 4) for r in rows],
             "reward_mean": [r["reward_mean"] for r in rows], "gen_tokens_per_s": [r["gen_tokens_per_s"] for r in rows],
             "step_breakdown_s": [{k: round(r[k], 2) for k in ("generate_s", "rollout_forward_s", "train_s", "step_time_s")}
                                  for r in rows]}

@@ -8,7 +8,8 @@
 * ``alpaca``: the default model against text-davinci-003's reference outputs on the first ``--limit`` AlpacaEval
   instructions (greedy), judged by the local LLM judge (the default model, both orders) and, with ``--reward``, a
   reward; text metrics against the reference outputs; plus bounded safety / bias suites (HarmBench val, XSTest
-  stratified, TruthfulQA, BBQ) so that every section of the report is filled.
+  stratified, TruthfulQA, BBQ) and the pluralistic-alignment questions (``--pluralistic``), so that every section
+  of the report is filled.
 * ``xstest``: over-refusal on XSTest per prompt type (all 450 prompts unless ``--per-type``).
 * ``frontier``: `preftune frontier` for the given checkpoints against the default model.
 
@@ -79,6 +80,9 @@ def summarise(report_json: Path) -> dict:
         out["bbq"] = {k: d[k] for k in ("n", "accuracy_ambig", "accuracy_disambig", "bias_ambig", "bias_disambig")}
     if s.get("frontier"):
         out["frontier"] = s["frontier"]["data"]["points"]
+    if s.get("pluralistic"):
+        d = s["pluralistic"]["data"]
+        out["pluralistic"] = {"n": d["n"], "js_distance": d["js_distance"]}
     return out
 
 
@@ -95,6 +99,9 @@ def main() -> int:
     ap.add_argument("--reward", help="a reward spec for a reward judge (alpaca) or the frontier's reward")
     ap.add_argument("--runs", nargs="*", default=[], help="run folders for the training curves")
     ap.add_argument("--frontier", help="a frontier.json to include")
+    ap.add_argument("--pluralistic", default=str(REPO / "preftune" / "eval" / "opinion_surveys.jsonl"),
+                    help="opinion questions with human answer distributions (default: the published survey toplines "
+                         "shipped with preftune, see preftune/eval/opinion_surveys.md)")
     ap.add_argument("--checkpoints", nargs="*", default=[])
     args = ap.parse_args()
     out = Path(args.out)
@@ -114,6 +121,8 @@ def main() -> int:
             cmd += ["--runs", json.dumps(args.runs)]
         if args.frontier:
             cmd += ["--frontier", args.frontier]
+        if args.pluralistic:
+            cmd += ["--pluralistic", _need(Path(args.pluralistic))]
     elif args.check == "xstest":
         cmd = ["eval", "--model", "smollm2-135m-instruct", "--xstest", _need(DATA / "xstest" / "xstest_prompts.csv"),
                "--max-new-tokens", str(args.max_new_tokens or 64), "--batch-size", str(args.batch_size), "--output-dir", str(out)]

@@ -12,7 +12,10 @@ including EOS; transformers' rows are cut at their first EOS). Two modes:
   prompts, i.e. batch-size x group-size rows): preftune prefills each prompt once and copies its KV cache to the
   group; transformers gets ``num_return_sequences`` (what TRL's trainers do: the prompt repeated, prefilled each time).
 
-Runs alternate (ours, theirs, ours, theirs, ...) and the best of --repeats is kept for each.
+preftune runs once per --decode-dtypes entry (``float32``: the model's own weights, the same arithmetic as
+transformers; ``bfloat16``: bf16 copies of the projections for the decode steps, the engine's default on a CPU with
+native bf16, see preftune/generation/fast_decode.py); transformers' ``generate`` runs the fp32 model as loaded.
+Runs alternate (ours per dtype, theirs, ours, theirs, ...) and the best of --repeats is kept for each.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import platform
 import time
 
+import preftune  # noqa: F401  -- before torch: caps oneDNN so bf16 matmuls are safe
 import torch
 
 QUESTIONS = [
@@ -44,6 +48,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--modes", default="sample,greedy,group")
     ap.add_argument("--group-size", type=int, default=4)
+    ap.add_argument("--decode-dtypes", default="float32,bfloat16", help="preftune engine decode dtypes to run")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
@@ -55,11 +60,13 @@ def main() -> None:
     model = load_model()
     eos = tok.eos_token_id
     prompts = [encode_prompt(tok, [{"role": "user", "content": q}]) for q in QUESTIONS[: args.num_prompts]]
-    engine = HFEngine(model, tok, batch_size=args.batch_size, show_progress=False)
+    dtypes = args.decode_dtypes.split(",")
+    engines = {d: HFEngine(model, tok, batch_size=args.batch_size, show_progress=False, decode_dtype=d) for d in dtypes}
+    group_engines = {d: HFEngine(model, tok, batch_size=args.batch_size * args.group_size, show_progress=False, decode_dtype=d)
+                     for d in dtypes}
 
-    group_engine = HFEngine(model, tok, batch_size=args.batch_size * args.group_size, show_progress=False)
-
-    def ours(mode: str, seed: int):
+    def ours(mode: str, seed: int, dtype: str):
+        engine, group_engine = engines[dtype], group_engines[dtype]
         params = SamplingParams(max_new_tokens=args.max_new_tokens, do_sample=mode != "greedy", temperature=1.0, seed=seed)
         t = time.perf_counter()
         if mode == "group":
@@ -85,24 +92,28 @@ def main() -> None:
                 seqs.append(row[:cut])
         return elapsed, seqs
 
-    ours("greedy", 0)  # warm-up (oneDNN kernels, caches)
+    for d in dtypes:
+        ours("greedy", 0, d)  # warm-up (oneDNN kernels, caches, the bf16 copies)
     results: dict = {"settings": vars(args) | {"threads": torch.get_num_threads(), "machine": platform.machine()}}
     for mode in args.modes.split(","):
-        best = {"preftune": None, "transformers": None}
-        toks = {}
-        outs = {}
+        runners = {f"preftune_{d}": (lambda m, s, d=d: ours(m, s, d)) for d in dtypes} | {"transformers": theirs}
+        best: dict = {name: None for name in runners}
+        toks, outs = {}, {}
         for r in range(args.repeats):
-            for name, fn in (("preftune", ours), ("transformers", theirs)):
+            for name, fn in runners.items():
                 elapsed, seqs = fn(mode, 1000 + r)
                 n = sum(len(s) for s in seqs)
                 rate = n / elapsed
                 if best[name] is None or rate > best[name]:
                     best[name], toks[name], outs[name] = rate, n, seqs
-        row = {"preftune_tokens_per_s": best["preftune"], "transformers_tokens_per_s": best["transformers"],
-               "ratio": best["preftune"] / best["transformers"], "preftune_tokens": toks["preftune"],
-               "transformers_tokens": toks["transformers"]}
-        if mode == "greedy":
-            row["identical_outputs"] = outs["preftune"] == outs["transformers"]
+        row = {"transformers_tokens_per_s": best["transformers"], "transformers_tokens": toks["transformers"]}
+        for d in dtypes:
+            name = f"preftune_{d}"
+            row |= {f"{name}_tokens_per_s": best[name], f"{name}_tokens": toks[name],
+                    f"ratio_{d}": best[name] / best["transformers"]}
+            if mode == "greedy":
+                same = sum(a == b for a, b in zip(outs[name], outs["transformers"]))
+                row[f"identical_outputs_{d}"] = f"{same}/{len(outs[name])}"
         results[mode] = row
         print(mode, json.dumps(row), flush=True)
     with open(args.json, "w") as f:

@@ -30,6 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv-trl028"
 sys.path.insert(0, str(HERE))
+import preftune  # noqa: E402,F401  -- before torch: caps oneDNN so the bf16 sampler is safe
 
 
 def ensure_trl028() -> Path:

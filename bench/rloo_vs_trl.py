@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import preftune  # noqa: E402,F401  -- before torch: caps oneDNN so the bf16 sampler is safe
 import torch  # noqa: E402
 
 from _online_common import QUESTIONS, polite_reward, preftune_samples_per_s  # noqa: E402

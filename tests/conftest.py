@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import preftune  # noqa: F401  -- before torch: caps oneDNN so bf16 matmuls are safe (preftune/__init__.py)
+
 os.environ.setdefault("PREFTUNE_NO_PROGRESS", "1")
 
 REPO = Path(__file__).resolve().parents[1]

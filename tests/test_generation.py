@@ -87,7 +87,7 @@ def test_padded_tensors():
 
 @pytest.mark.parametrize("preallocate", [True, False])
 def test_greedy_equals_transformers_generate(model, tok, prompt_ids, preallocate):
-    engine = HFEngine(model, tok, batch_size=3, preallocate=preallocate)
+    engine = HFEngine(model, tok, batch_size=3, preallocate=preallocate, decode_dtype="float32")
     out = engine.generate(prompt_ids, SamplingParams(max_new_tokens=12, do_sample=False))
     for ids, seq in zip(prompt_ids, out.sequences):
         assert seq == _hf_greedy(model, ids, 12, tok.eos_token_id)
@@ -121,7 +121,7 @@ def test_top_k_one_is_greedy(model, tok, prompt_ids):
 def test_sampling_logprobs_equal_recomputation(model, tok, prompt_ids):
     """log_softmax(logits / T) of each sampled token, recomputed by one forward over prompt + completion."""
     temperature = 0.7
-    engine = HFEngine(model, tok, batch_size=4)
+    engine = HFEngine(model, tok, batch_size=4, decode_dtype="float32")
     out = engine.generate(prompt_ids, SamplingParams(max_new_tokens=9, temperature=temperature, top_p=0.9, seed=5))
     for p, seq, lps in zip(prompt_ids, out.sequences, out.logprobs):
         full = torch.tensor([p + seq])
@@ -194,3 +194,115 @@ def test_repeated_prompts_are_prefilled_once_with_the_same_results(model, tok, p
     a, b = engine.generate(repeated, params), engine.generate(repeated, params)
     assert a.sequences == b.sequences and a.logprobs == b.logprobs
     assert len({tuple(s) for s in a.sequences}) > len(prompt_ids)  # the copies sample independently
+
+
+# -- the lean decode step (fast_decode.py) ------------------------------------------------------------
+
+def _qwen2_with_bias(vocab_size):
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512,
+                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2, use_sliding_window=False)
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    with torch.no_grad():  # make the q/k/v biases matter
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    return model
+
+
+def _llama_with_rope_scaling(vocab_size):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1,
+                         eos_token_id=2, pad_token_id=2,
+                         rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0})
+    torch.manual_seed(4)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("which", ["llama", "qwen2_bias", "llama_rope_scaling"])
+def test_fast_decode_equals_the_reference_forward(tok, prompt_ids, model, which):
+    """Same tokens and log-probs (1e-5) as decoding through the model's forward: greedy, seeded sampling with
+    rows leaving the batch at a stop string, and k samples per prompt sharing a prefill."""
+    from preftune.generation.fast_decode import unsupported_reason
+
+    m = {"llama": model, "qwen2_bias": _qwen2_with_bias(len(tok)), "llama_rope_scaling": _llama_with_rope_scaling(len(tok))}[which]
+    assert unsupported_reason(m) is None
+    fast = HFEngine(m, tok, batch_size=8, show_progress=False, decode_dtype="float32")
+    slow = HFEngine(m, tok, batch_size=8, show_progress=False, fast_decode=False)
+    used = []
+    real = fast._fast_decoder
+    fast._fast_decoder = lambda *a: used.append(real(*a)) or used[-1]
+    for prompts, params in [
+        (prompt_ids, SamplingParams(max_new_tokens=20, do_sample=False)),
+        (prompt_ids, SamplingParams(max_new_tokens=20, temperature=0.9, top_k=50, seed=11, stop=("e",))),
+        ([p for p in prompt_ids for _ in range(3)], SamplingParams(max_new_tokens=15, top_p=0.9, seed=3)),
+    ]:
+        a, b = fast.generate(prompts, params), slow.generate(prompts, params)
+        assert a.sequences == b.sequences and a.finished == b.finished and a.texts == b.texts
+        for x, y in zip(a.logprobs, b.logprobs):
+            assert torch.allclose(torch.tensor(x), torch.tensor(y), atol=1e-5)
+    assert used and all(d is not None for d in used)
+    # the stop string made rows leave the batch mid-generation (the decoder's select was exercised)
+    assert any(len(s) < 20 for s in fast.generate(prompt_ids, SamplingParams(max_new_tokens=20, temperature=0.9, top_k=50,
+                                                                               seed=11, stop=("e",))).sequences)
+
+
+def test_fast_decode_sees_weights_updated_in_place(tok, prompt_ids):
+    # online RL updates the policy in place between rollouts: the decoder reads the live parameters, no copies
+    m = tiny_model(len(tok), kind="llama", seed=9)
+    engine = HFEngine(m, tok, show_progress=False, decode_dtype="float32")
+    params = SamplingParams(max_new_tokens=8, do_sample=False)
+    before = engine.generate(prompt_ids, params)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        for layer in m.model.layers:
+            for w in (layer.self_attn.v_proj.weight, layer.mlp.down_proj.weight):
+                w.add_(torch.randn_like(w))
+    after = engine.generate(prompt_ids, params)
+    reference = HFEngine(m, tok, show_progress=False, fast_decode=False).generate(prompt_ids, params)
+    assert after.sequences == reference.sequences and after.sequences != before.sequences
+
+
+def test_fast_decode_unsupported_models_fall_back(tok, gpt2_tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    from preftune.generation.fast_decode import LlamaDecoder, unsupported_reason
+
+    gpt2 = tiny_model(len(gpt2_tokenizer), kind="gpt2", seed=2)
+    assert unsupported_reason(gpt2) == "model type 'gpt2' is not one of ('llama', 'mistral', 'qwen2')"
+    lora = get_peft_model(tiny_model(len(tok), kind="llama", seed=5), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert unsupported_reason(lora.base_model.model) == "projections are not plain nn.Linear (LoRA adapters or quantised layers)"
+    with pytest.raises(ValueError, match="cannot decode this model: model type 'gpt2'"):
+        LlamaDecoder(gpt2, [], [], torch.ones(1, 1), 1)
+    out = HFEngine(lora, tok, show_progress=False).generate([[5, 6, 7]], SamplingParams(max_new_tokens=4, do_sample=False))
+    assert len(out.sequences[0]) == 4
+
+
+def test_bf16_decode_weights_sample_close_to_the_fp32_policy(tok, prompt_ids):
+    """bf16 copies of the projections: log-probs of the sampled tokens within 2e-2 of the fp32 model's, and the
+    copies are rebuilt after an in-place update (the version counters of the parameters)."""
+    from preftune.generation.fast_decode import resolve_decode_dtype
+
+    m = tiny_model(len(tok), kind="llama", seed=9)
+    engine = HFEngine(m, tok, show_progress=False, decode_dtype="bfloat16")
+    assert engine.decode_dtype == torch.bfloat16 and resolve_decode_dtype(m, "model") is None
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=2)
+    for update in (False, True):
+        if update:
+            with torch.no_grad():
+                torch.manual_seed(0)
+                for layer in m.model.layers:
+                    layer.mlp.down_proj.weight.add_(torch.randn_like(layer.mlp.down_proj.weight))
+        out = engine.generate(prompt_ids, params)
+        for p, seq, lps in zip(prompt_ids, out.sequences, out.logprobs):
+            with torch.no_grad():
+                logits = m(torch.tensor([p + seq])).logits[0, len(p) - 1 : -1]
+            expected = logits.log_softmax(-1).gather(-1, torch.tensor(seq)[:, None]).squeeze(-1)
+            assert torch.allclose(torch.tensor(lps), expected, atol=2e-2), (update, lps, expected.tolist())
+    with pytest.raises(ValueError, match="decode_dtype must be auto, model, float32 or bfloat16, got 'int8'"):
+        HFEngine(m, tok, decode_dtype="int8")

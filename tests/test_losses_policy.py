@@ -189,9 +189,22 @@ def test_kl_controllers():
     assert fresh.value == pytest.approx(0.0918)
 
 
-def test_chunked_entropy_matches_and_has_no_grad():
-    # rows: uniform over 4 -> log 4; one-hot-ish (100, 0, 0, 0) -> ~0; uniform over 2 of 4 (-1e4 elsewhere) -> log 2
-    logits = T([[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0], [1.0, 1.0, -1e4, -1e4]]).requires_grad_()
-    ent = P.chunked_entropy(logits, chunk_size=2)
+def test_token_logprobs_and_entropy_hand_computed_with_gradient():
+    # rows: uniform over 4 -> H = log 4; (100, 0, 0, 0) -> H ~ 0; uniform over 2 of 4 (-1e4 elsewhere) -> log 2;
+    # (0, ln 3, -1e4, -1e4): p = (1/4, 3/4), label 1 -> ln 3/4, H = 1/4 ln 4 + 3/4 ln 4/3 = 0.562335
+    from preftune.models.logprobs import token_logprobs, token_logprobs_and_entropy
+
+    logits = T([[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0], [1.0, 1.0, -1e4, -1e4], [0.0, math.log(3), -1e4, -1e4],
+                [0.5, 0.1, 0.2, 0.3]]).requires_grad_()
+    labels = torch.tensor([2, 0, 1, 1, -100])
+    lp, ent = token_logprobs_and_entropy(logits, labels, chunk=2)
     assert not ent.requires_grad
-    assert torch.allclose(ent, T([math.log(4), 0.0, math.log(2)]), atol=1e-5)
+    assert torch.allclose(ent[:4], T([math.log(4), 0.0, math.log(2), 0.562335]), atol=1e-5)
+    assert torch.allclose(lp, T([-math.log(4), 0.0, -math.log(2), math.log(0.75), 0.0]), atol=1e-5)
+    # the gradient equals autograd's through cross-entropy: onehot(y) - softmax(z), 0 on ignored rows
+    w = T([1.0, -2.0, 0.5, 3.0, 7.0])
+    (lp * w).sum().backward()
+    ref_logits = logits.detach().clone().requires_grad_()
+    (token_logprobs(ref_logits, labels) * w).sum().backward()
+    assert torch.allclose(logits.grad, ref_logits.grad, atol=1e-6)
+    assert logits.grad[4].abs().sum() == 0

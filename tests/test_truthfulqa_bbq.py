@@ -137,3 +137,7 @@ def test_read_opinions_and_evaluate(chatml_tokenizer):
         assert sum(p["model"]) == pytest.approx(1.0, abs=1e-5)
         assert p["js_distance"] == pytest.approx(js_distance(p["model"], p["human"]))
     assert res["js_distance"]["mean"] == pytest.approx(sum(p["js_distance"] for p in res["per_question"]) / 2)
+    # uniform baseline, by hand: (1/2, 1/2) vs (0.6, 0.4): m = (0.55, 0.45), JSD = ½[½ln(.5/.55) + ½ln(.5/.45)]
+    # + ½[.6 ln(.6/.55) + .4 ln(.4/.45)] = 0.0050594 nats = 0.0072991 bits -> distance 0.0854351; (1/3,1/3,1/3) vs
+    # (.5, .3, .2) -> 0.1577590 the same way; mean 0.1215971
+    assert res["uniform_js_distance"] == pytest.approx(0.1215971, abs=1e-6)

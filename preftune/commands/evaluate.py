@@ -31,6 +31,7 @@ class SamplingOptions(BaseConfig):
     top_k: int = Field(0, ge=0, description="top-k filter (0: off)")
     seed: int = Field(0, description="sampling seed")
     batch_size: int = Field(8, ge=1, description="prompts decoded together")
+    decode_dtype: str = Field("auto", description="weights of the decode steps: auto (bf16 copies on a CPU with native bf16, else the model dtype), float32, bfloat16, model")
     use_chat_template: bool | None = Field(None, description="wrap plain-text prompts in the chat template (default: when the tokenizer has one)")
     device: str | None = Field(None, description="cpu, cuda, ... (default: auto)")
     dtype: str | None = Field(None, description="fp32, bf16, ... (default: fp32 on CPU, bf16 on CUDA)")
@@ -70,7 +71,8 @@ def generate_responses(model, tokenizer, prompts, config) -> list[dict]:
     from preftune.generation.engine import HFEngine
 
     ids = [prompt_ids(tokenizer, p, config.use_chat_template) for p in prompts]
-    out = HFEngine(model, tokenizer, batch_size=config.batch_size).generate(ids, _sampling(config))
+    out = HFEngine(model, tokenizer, batch_size=config.batch_size,
+                   decode_dtype=config.decode_dtype).generate(ids, _sampling(config))
     return [{"response": t, "finished": f, "tokens": len(s)} for t, f, s in zip(out.texts, out.finished, out.sequences)]
 
 
@@ -363,7 +365,8 @@ def run_eval(config: EvalConfig) -> int:
         model, tok = models.get(config.model)
         res = evaluate_pluralistic(model, tok, read_opinions(config.pluralistic, limit=config.suite_limit), batch_size=config.scoring_batch_size)
         report.add("pluralistic", text=f"{res['n']} questions; Jensen–Shannon distance (base 2, 0 = identical) between the model's "
-                                       "answer distribution (option-letter probabilities) and the human one.",
+                                       "answer distribution (option-letter probabilities) and the human one; "
+                                       f"answering uniformly at random would score {res['uniform_js_distance']:.3f}.",
                    tables=[("mean JS distance", [res["js_distance"]]),
                            ("per question", [{"question": p["question"][:120], "js_distance": p["js_distance"]} for p in res["per_question"][:20]])],
                    data=res)
@@ -420,6 +423,7 @@ class FrontierConfig(BaseConfig):
     temperature: float = Field(1.0, gt=0, description="sampling temperature (1.0 keeps the KL estimate unbiased)")
     seed: int = Field(0, description="sampling seed")
     batch_size: int = Field(8, ge=1, description="prompts decoded and scored together")
+    decode_dtype: str = Field("auto", description="weights of the decode steps: auto (bf16 copies on a CPU with native bf16, else the model dtype), float32, bfloat16, model")
     device: str | None = Field(None, description="cpu, cuda, ... (default: auto)")
     dtype: str | None = Field(None, description="default: fp32 on CPU, bf16 on CUDA")
 
@@ -456,7 +460,8 @@ def run_frontier(config: FrontierConfig) -> int:
         same = ckpt == config.reference
         policy = reference if same else load_model(ckpt, device=config.device, dtype=config.dtype)
         point, s = evaluate_policy(name, policy, reference, tokenizer, [i.prompt for i in items], reward, params,
-                                   samples_per_prompt=config.samples_per_prompt, batch_size=config.batch_size, seed=config.seed)
+                                   samples_per_prompt=config.samples_per_prompt, batch_size=config.batch_size, seed=config.seed,
+                                   decode_dtype=config.decode_dtype)
         points.append(point.as_dict())
         samples.extend({"checkpoint": name, **x} for x in s)
         print(f"{name}: KL {point.kl:.4f}, mean reward {point.mean_reward:.4f} ({point.n} samples)")

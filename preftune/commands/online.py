@@ -38,6 +38,7 @@ class _Common(BaseConfig):
     top_k: int = Field(0, ge=0, description="0: off")
     stop: list[str] = Field(default_factory=list, description="stop strings")
     gen_batch_size: int = Field(32, ge=1, description="sequences decoded together")
+    decode_dtype: str = Field("auto", description="weights of the decode steps: auto (bf16 copies on a CPU with native bf16, else the model dtype), float32, bfloat16, model")
     seed: int = Field(0)
     dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16")
     device: str = Field("auto")
@@ -244,7 +245,7 @@ def _run_online(config: OnlineConfig, algorithm) -> int:
         kl_target=config.kl_target, kl_horizon=config.kl_horizon, ptx_coef=config.ptx_coef,
         ptx_batch_size=config.ptx_batch_size, save_every=config.save_every, sample_every=config.sample_every,
         seed=config.seed, resume=config.resume or None, gen_batch_size=config.gen_batch_size,
-        forward_batch_size=config.forward_batch_size, single_pass=None if config.single_pass else False)
+        decode_dtype=config.decode_dtype, forward_batch_size=config.forward_batch_size, single_pass=None if config.single_pass else False)
     trainer = OnlineTrainer(policy=policy, tokenizer=tokenizer, algorithm=algorithm, reward_fn=reward_fn, prompts=prompts,
                             prompt_ids=prompt_ids, settings=settings, run=run, ref_model=ref_model, value_head=value_head,
                             critic=critic, ptx_data=ptx)
@@ -298,7 +299,7 @@ def _best_of_n(config: BestOfNConfig, model, tokenizer):
     return best_of_n(model, tokenizer, _reward(config), prompts, prompt_ids, n=config.n,
                      max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
                      top_k=config.top_k, stop=tuple(config.stop), seed=config.seed, batch_size=config.gen_batch_size,
-                     reward_batch_size=config.reward_batch_size)
+                     reward_batch_size=config.reward_batch_size, decode_dtype=config.decode_dtype)
 
 
 def run_best_of_n(config: BestOfNConfig) -> int:

@@ -73,14 +73,15 @@ def sequence_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_ids
 
 
 def evaluate_policy(name: str, policy, reference, tokenizer, prompts: Sequence, reward, params, *,
-                    samples_per_prompt: int = 1, batch_size: int = 8, seed: int = 0) -> tuple[FrontierPoint, list[dict]]:
+                    samples_per_prompt: int = 1, batch_size: int = 8, seed: int = 0,
+                    decode_dtype: str = "auto") -> tuple[FrontierPoint, list[dict]]:
     """Sample from ``policy`` on ``prompts``, score with ``reward`` and both models; the point and the samples."""
     from preftune.eval.scoring import prompt_ids as encode
     from preftune.generation.engine import HFEngine
 
     prompts = [p for p in prompts for _ in range(samples_per_prompt)]
     ids = [encode(tokenizer, p) for p in prompts]
-    out = HFEngine(policy, tokenizer, batch_size=batch_size, desc=f"sampling {name}").generate(ids, params)
+    out = HFEngine(policy, tokenizer, batch_size=batch_size, desc=f"sampling {name}", decode_dtype=decode_dtype).generate(ids, params)
     completions = [list(s) for s in out.sequences]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     keep = [i for i, c in enumerate(completions) if c]

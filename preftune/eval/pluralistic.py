@@ -116,4 +116,7 @@ def evaluate_pluralistic(model, tokenizer, questions: Sequence[OpinionQuestion],
         d = js_distance(model_dists[i], q.human)
         per.append({"question": q.question, "model": model_dists[i], "human": list(q.human), "js_distance": d})
     dists = [p["js_distance"] for p in per]
-    return {"n": len(per), "js_distance": mean_ci(dists) if dists else None, "per_question": per}
+    # a reference point: answering every question uniformly at random
+    uniform = [js_distance([1.0] * len(q.options), q.human) for q in questions]
+    return {"n": len(per), "js_distance": mean_ci(dists) if dists else None,
+            "uniform_js_distance": sum(uniform) / len(uniform) if uniform else None, "per_question": per}

@@ -257,9 +257,16 @@ class HFEngine:
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 16, show_progress: bool = True, desc: str = "generating",
-                 preallocate: bool = True):
+                 preallocate: bool = True, fast_decode: bool = True, decode_dtype: str = "auto"):
         self.model = model
         self.preallocate = preallocate
+        # the lean decode step of fast_decode.py for Llama-family models (needs the preallocated cache), with its
+        # weights in decode_dtype (see fast_decode.resolve_decode_dtype; "auto" is bf16 on a CPU with native bf16)
+        self.fast_decode = fast_decode and preallocate
+        from preftune.generation.fast_decode import resolve_decode_dtype
+
+        self.decode_dtype = resolve_decode_dtype(model, decode_dtype)  # None: the model's own parameters
+        self._decode_weights = None
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
         self.show_progress = show_progress
@@ -301,6 +308,20 @@ class HFEngine:
             prompt_ids=[list(p) for p in prompt_ids],
         )
 
+    def _fast_decoder(self, cache, mask: torch.Tensor, length: int):
+        """A :class:`LlamaDecoder` over the prefilled preallocated cache, or None where the model is not supported."""
+        from preftune.generation.fast_decode import DecodeWeights, LlamaDecoder, unsupported_reason
+
+        layers = getattr(cache, "layers", None)
+        if not layers or not all(isinstance(layer, _PreallocatedLayer) for layer in layers):
+            return None
+        if unsupported_reason(self.model) is not None:
+            return None
+        if self._decode_weights is None:
+            self._decode_weights = DecodeWeights(self.model, self.decode_dtype)
+        return LlamaDecoder(self.model, [layer._k for layer in layers], [layer._v for layer in layers], mask, length,
+                            weights=self._decode_weights)
+
     def _bar(self, batches):
         if not self.show_progress or len(batches) <= 1:
             return batches
@@ -339,6 +360,7 @@ class HFEngine:
             expand = torch.tensor(source, dtype=torch.long, device=dev)
             cache.reorder_cache(expand)
             logits, mask, next_pos = logits[expand], mask[expand], next_pos[expand]
+        decoder = self._fast_decoder(cache, mask, width) if self.fast_decode else None
 
         tokens: list[list[int]] = [[] for _ in range(b)]
         logps: list[list[float]] = [[] for _ in range(b)]
@@ -369,13 +391,19 @@ class HFEngine:
                 break
             if len(keep) < len(active):
                 sel = torch.tensor(keep, dtype=torch.long, device=dev)
-                cache.reorder_cache(sel)
+                if decoder is not None:
+                    decoder.select(sel)
+                else:
+                    cache.reorder_cache(sel)
                 mask, next_pos, tok = mask[sel], next_pos[sel], tok[sel]
                 active = [active[j] for j in keep]
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-            out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                        past_key_values=cache, use_cache=True)
-            logits = out.logits[:, -1, :].float()
+            if decoder is not None:
+                logits = decoder.step(tok, next_pos)
+            else:
+                mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+                out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                            past_key_values=cache, use_cache=True)
+                logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
         return [
             (tokens[i], logps[i], finished[i], texts[i] if texts[i] is not None else self._decode(tokens[i]))

@@ -261,15 +261,6 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, -1) - (p * logits).sum(-1)
 
 
-@torch.no_grad()
-def chunked_entropy(logits: torch.Tensor, chunk_size: int = 512) -> torch.Tensor:
-    """:func:`entropy_from_logits` of ``logits`` [N, V] -> [N] without grad, ``chunk_size`` rows at a time, so that a
-    diagnostic never holds a second full [N, V] tensor (softmax) next to the logits of the training forward."""
-    if logits.shape[0] <= chunk_size:
-        return entropy_from_logits(logits)
-    return torch.cat([entropy_from_logits(logits[i:i + chunk_size]) for i in range(0, logits.shape[0], chunk_size)])
-
-
 # -- KL controllers ---------------------------------------------------------------------------------------
 
 class FixedKLController:

@@ -43,11 +43,12 @@ class BestOfN:
 
 def best_of_n(model_or_engine, tokenizer, reward_fn, prompts: Sequence, prompt_ids: Sequence[list[int]], *, n: int = 4,
               max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-              stop: tuple[str, ...] = (), seed: int | None = 0, batch_size: int = 32, reward_batch_size: int = 32
-              ) -> list[BestOfN]:
+              stop: tuple[str, ...] = (), seed: int | None = 0, batch_size: int = 32, reward_batch_size: int = 32,
+              decode_dtype: str = "auto") -> list[BestOfN]:
     """N samples per prompt (one ``generate`` call, grouped prompt by prompt), scored in batches of ``reward_batch_size``."""
     reward_fn = as_reward_function(reward_fn)
-    engine: GenerationEngine = (HFEngine(model_or_engine, tokenizer, batch_size=batch_size, desc=f"best-of-{n}")
+    engine: GenerationEngine = (HFEngine(model_or_engine, tokenizer, batch_size=batch_size, desc=f"best-of-{n}",
+                                         decode_dtype=decode_dtype)
                                 if isinstance(model_or_engine, torch.nn.Module) else model_or_engine)
     ids = [list(p) for p in prompt_ids for _ in range(n)]
     rep = [p for p in prompts for _ in range(n)]

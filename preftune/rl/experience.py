@@ -26,9 +26,8 @@ import torch
 
 from preftune.data.formats import Prompt
 from preftune.generation.engine import GenerationEngine, SamplingParams
-from preftune.losses.policy import chunked_entropy
 from preftune.models.logprobs import (_split, _unwrap, completion_hidden, pack_completions, pack_shared_prompts,
-                                      resolve_layout, token_logprobs)
+                                      resolve_layout, token_logprobs, token_logprobs_and_entropy)
 
 
 @dataclass
@@ -81,7 +80,7 @@ def _hidden(model, prompt_ids, sequences, pad_id, max_row_tokens, share_prompts:
 
 def policy_forward(model, prompt_ids: Sequence[Sequence[int]], sequences: Sequence[Sequence[int]], *, pad_id: int,
                    temperature: float = 1.0, value_head: torch.nn.Module | None = None, critic=None,
-                   with_entropy: bool = False, max_row_tokens: int | None = 512, share_prompts: bool = True) -> PolicyForward:
+                   with_entropy: bool = False, max_row_tokens: int | None = 256, share_prompts: bool = True) -> PolicyForward:
     """log pi(y_t | x, y_<t) / T-tempered (as the sampler drew them) for every response token, and optionally the
     entropy of each position's distribution and the values V(x, y_<t).
 
@@ -96,12 +95,15 @@ def policy_forward(model, prompt_ids: Sequence[Sequence[int]], sequences: Sequen
     logits = head(hidden).float()
     if temperature != 1.0:
         logits = logits / temperature
-    lp = token_logprobs(logits, batch.targets)
+    if with_entropy:
+        lp, entropy = token_logprobs_and_entropy(logits, batch.targets)
+    else:
+        lp, entropy = token_logprobs(logits, batch.targets), None
     device = lp.device
     mask = mask.to(device)
     out = PolicyForward(dense(lp, mask))
-    if with_entropy:
-        out.entropy = dense(chunked_entropy(logits.detach()), mask)
+    if entropy is not None:
+        out.entropy = dense(entropy, mask)
     if value_head is not None:
         out.values = dense(value_head(hidden).squeeze(-1).float(), mask)
     elif critic is not None:

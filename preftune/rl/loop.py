@@ -68,6 +68,7 @@ class OnlineSettings:
     seed: int = 0
     resume: bool | str | None = None
     gen_batch_size: int = 32
+    decode_dtype: str = "auto"  # the sampler's weights (generation/fast_decode.py); log-probs are recomputed in full precision
     forward_batch_size: int = 16
     single_pass: bool | None = None  # None: auto (one epoch, one minibatch); False: always recompute in a no-grad pass
 
@@ -104,7 +105,8 @@ class OnlineTrainer:
         self.module = ActorCritic(policy, value_head, critic)
         self.temperature = settings.temperature if settings.temperature > 0 else 1.0
         self.reference = make_reference(policy, ref_model, pad_id=self.pad_id, temperature=self.temperature)
-        self.engine = engine or HFEngine(policy, tokenizer, batch_size=settings.gen_batch_size, show_progress=False)
+        self.engine = engine or HFEngine(policy, tokenizer, batch_size=settings.gen_batch_size, show_progress=False,
+                                        decode_dtype=settings.decode_dtype)
         self.ptx_data = list(ptx_data or [])
         self.kl_ctl = (P.AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
                        if settings.adaptive_kl else P.FixedKLController(settings.kl_coef))
@@ -304,6 +306,12 @@ class OnlineTrainer:
             "step_time_s": time.perf_counter() - t0,
         }
         metrics["samples_per_s"] = len(rollout.sequences) / metrics["step_time_s"]
+        if rollout.sampler_logprobs is not None:
+            # how far the sampler's log-probs (bf16 decode weights by default on CPU) are from the trainer's
+            sampled = torch.zeros_like(rollout.logprobs)
+            for i, lps in enumerate(rollout.sampler_logprobs):
+                sampled[i, : len(lps)] = torch.tensor(lps, dtype=sampled.dtype)
+            metrics["sampler_logprob_gap"] = float(P.masked_mean((sampled - rollout.logprobs).abs(), mask))
         return metrics
 
     def _write_samples(self, step: int) -> None:
