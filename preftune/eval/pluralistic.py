@@ -7,7 +7,8 @@ Jensen–Shannon distance ``sqrt(JSD(p, q))`` with base-2 logarithms (Endres & S
 as used for pluralistic alignment by Sorensen et al. 2024.
 
 Input rows (JSONL / JSON / CSV): ``question``, ``options`` (list of strings) and ``human_distribution`` (a list of K
-numbers, or a mapping option -> number; normalised to sum to one).
+numbers, or a mapping option -> number; normalised to sum to one). Optional ``source`` and ``survey`` strings are kept
+on the question; other fields are ignored. ``opinion_surveys.jsonl`` next to this module holds published survey toplines.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class OpinionQuestion:
     options: tuple[str, ...]
     human: tuple[float, ...]
     row: int = 0
+    source: str | None = None  # optional provenance fields, carried through unchanged
+    survey: str | None = None
 
 
 def read_opinions(path: str | Path, *, limit: int | None = None) -> list[OpinionQuestion]:
@@ -86,7 +89,9 @@ def read_opinions(path: str | Path, *, limit: int | None = None) -> list[Opinion
             dist = _normalise([float(x) for x in human], "human_distribution")
         except (PreftuneError, TypeError, ValueError) as err:
             raise DataError(str(err), file=str(path), row=row_number, field="human_distribution") from None
-        out.append(OpinionQuestion(str(need("question")), tuple(map(str, options)), tuple(dist.tolist()), row_number))
+        out.append(OpinionQuestion(str(need("question")), tuple(map(str, options)), tuple(dist.tolist()), row_number,
+                                   source=None if row.get("source") is None else str(row["source"]),
+                                   survey=None if row.get("survey") is None else str(row["survey"])))
         if limit is not None and len(out) >= limit:
             break
     return out
