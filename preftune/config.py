@@ -27,6 +27,11 @@ from preftune.errors import ConfigError
 warnings.filterwarnings("ignore", message=r'Field name "\w+" in "\w+" shadows an attribute in parent')
 
 
+#: the help of every generating command's --decode-dtype (see preftune/generation/fast_decode.py)
+DECODE_DTYPE_HELP = ("weights of the decode steps: auto (bf16 copies on a CPU with native bf16, else the model dtype), "
+                     "float32, bfloat16, model")
+
+
 class BaseConfig(BaseModel):
     """Base of every command's config: unknown keys are rejected, defaults are validated."""
 

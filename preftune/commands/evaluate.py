@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from preftune.config import BaseConfig, Command
+from preftune.config import DECODE_DTYPE_HELP, BaseConfig, Command
 from preftune.errors import PreftuneError
 
 
@@ -31,7 +31,7 @@ class SamplingOptions(BaseConfig):
     top_k: int = Field(0, ge=0, description="top-k filter (0: off)")
     seed: int = Field(0, description="sampling seed")
     batch_size: int = Field(8, ge=1, description="prompts decoded together")
-    decode_dtype: str = Field("auto", description="weights of the decode steps: auto (bf16 copies on a CPU with native bf16, else the model dtype), float32, bfloat16, model")
+    decode_dtype: str = Field("auto", description=DECODE_DTYPE_HELP)
     use_chat_template: bool | None = Field(None, description="wrap plain-text prompts in the chat template (default: when the tokenizer has one)")
     device: str | None = Field(None, description="cpu, cuda, ... (default: auto)")
     dtype: str | None = Field(None, description="fp32, bf16, ... (default: fp32 on CPU, bf16 on CUDA)")
@@ -423,7 +423,7 @@ class FrontierConfig(BaseConfig):
     temperature: float = Field(1.0, gt=0, description="sampling temperature (1.0 keeps the KL estimate unbiased)")
     seed: int = Field(0, description="sampling seed")
     batch_size: int = Field(8, ge=1, description="prompts decoded and scored together")
-    decode_dtype: str = Field("auto", description="weights of the decode steps: auto (bf16 copies on a CPU with native bf16, else the model dtype), float32, bfloat16, model")
+    decode_dtype: str = Field("auto", description=DECODE_DTYPE_HELP)
     device: str | None = Field(None, description="cpu, cuda, ... (default: auto)")
     dtype: str | None = Field(None, description="default: fp32 on CPU, bf16 on CUDA")
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from preftune.config import BaseConfig, Command
+from preftune.config import DECODE_DTYPE_HELP, BaseConfig, Command
 from preftune.errors import PreftuneError
 
 
@@ -38,7 +38,7 @@ class _Common(BaseConfig):
     top_k: int = Field(0, ge=0, description="0: off")
     stop: list[str] = Field(default_factory=list, description="stop strings")
     gen_batch_size: int = Field(32, ge=1, description="sequences decoded together")
-    decode_dtype: str = Field("auto", description="weights of the decode steps: auto (bf16 copies on a CPU with native bf16, else the model dtype), float32, bfloat16, model")
+    decode_dtype: str = Field("auto", description=DECODE_DTYPE_HELP)
     seed: int = Field(0)
     dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16")
     device: str = Field("auto")

@@ -262,8 +262,9 @@ class HFEngine:
         self.preallocate = preallocate
         # the lean decode step of fast_decode.py for Llama-family models (needs the preallocated cache), with its
         # weights in decode_dtype (see fast_decode.resolve_decode_dtype; "auto" is bf16 on a CPU with native bf16)
-        self.fast_decode = fast_decode and preallocate
-        from preftune.generation.fast_decode import resolve_decode_dtype
+        from preftune.generation.fast_decode import resolve_decode_dtype, unsupported_reason
+
+        self.fast_decode = fast_decode and preallocate and unsupported_reason(model) is None
 
         self.decode_dtype = resolve_decode_dtype(model, decode_dtype)  # None: the model's own parameters
         self._decode_weights = None
@@ -309,13 +310,11 @@ class HFEngine:
         )
 
     def _fast_decoder(self, cache, mask: torch.Tensor, length: int):
-        """A :class:`LlamaDecoder` over the prefilled preallocated cache, or None where the model is not supported."""
-        from preftune.generation.fast_decode import DecodeWeights, LlamaDecoder, unsupported_reason
+        """A :class:`LlamaDecoder` over the prefilled preallocated cache, or None where the cache is the model's own."""
+        from preftune.generation.fast_decode import DecodeWeights, LlamaDecoder
 
         layers = getattr(cache, "layers", None)
         if not layers or not all(isinstance(layer, _PreallocatedLayer) for layer in layers):
-            return None
-        if unsupported_reason(self.model) is not None:
             return None
         if self._decode_weights is None:
             self._decode_weights = DecodeWeights(self.model, self.decode_dtype)
