@@ -69,9 +69,49 @@ def preftune_samples_per_s(algorithm, *, num_prompts: int, num_samples: int, max
         rows.append(trainer.step(s))
     elapsed = time.perf_counter() - t0
     n = steps * num_prompts * num_samples
-    return {"samples_per_s": n / elapsed, "seconds": elapsed, "samples": n, "single_pass": trainer.single_pass,
+    return {"samples_per_s": n / elapsed, "seconds": elapsed, "samples": n,
+            **steady_state([r["step_time_s"] for r in rows], num_prompts * num_samples), "single_pass": trainer.single_pass,
             "reference_pass": trainer.needs_reference, "decode_dtype": str(trainer.engine.decode_dtype or "model"),
             "sampler_logprob_gap": [round(r["sampler_logprob_gap"], 4) for r in rows],
             "reward_mean": [r["reward_mean"] for r in rows], "gen_tokens_per_s": [r["gen_tokens_per_s"] for r in rows],
             "step_breakdown_s": [{k: round(r[k], 2) for k in ("generate_s", "rollout_forward_s", "train_s", "step_time_s")}
                                  for r in rows]}
+
+
+def steady_state(step_seconds: list[float], samples_per_step: int) -> dict:
+    """Samples/s over every step after the first (the process's warm-up step); empty with fewer than two steps."""
+    later = step_seconds[1:]
+    if not later:
+        return {}
+    return {"steady_samples_per_s": samples_per_step * len(later) / sum(later), "steady_seconds": sum(later)}
+
+
+class step_timer:
+    """Times each optimizer step of a transformers ``Trainer`` (on_step_begin to on_step_end: TRL's online trainers
+    generate, score and update inside it) and each call of the trainer's ``_generate``."""
+
+    def __init__(self, trainer):
+        from transformers import TrainerCallback
+
+        self.step_s: list[float] = []
+        self.generate_s: list[float] = []
+        timer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                timer._t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                timer.step_s.append(time.perf_counter() - timer._t0)
+
+        trainer.add_callback(_Callback())
+        generate = getattr(trainer, "_generate", None)
+        if generate is not None:
+            def timed(*args, **kwargs):
+                t0 = time.perf_counter()
+                try:
+                    return generate(*args, **kwargs)
+                finally:
+                    self.generate_s.append(time.perf_counter() - t0)
+
+            trainer._generate = timed

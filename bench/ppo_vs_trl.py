@@ -12,7 +12,9 @@ model = the default model with a freshly initialised scalar head (seeded, saved 
 prompts, batch 8 prompts per PPO step, 48 new tokens at temperature 1, one PPO epoch with one minibatch,
 kl_coef 0.05, learning rate 1e-6. TRL trains a separate value model (its design); preftune uses its default, a
 value head on the policy (one forward pass gives log-probs and values). Writes
-{"preftune_samples_per_s", "trl_samples_per_s", "ratio"}.
+{"preftune_samples_per_s", "trl_samples_per_s", "ratio"}: steady-state rates over steps 2..n (the first step of a
+process is a warm-up on both sides; see rloo_vs_trl.py), with the all-steps ratio ("ratio_all_steps") and each
+step's time beside them.
 """
 
 from __future__ import annotations
@@ -102,7 +104,11 @@ def trl_worker(args) -> None:
     from _online_common import QUESTIONS
     from preftune.data.tokenize import encode_prompt
     from preftune.models.loading import load_tokenizer, resolve_model_path
+    from transformers import TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from trl.experimental.ppo import ppo_trainer as ppo_module
+
+    from _online_common import steady_state
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     tok = load_tokenizer()
@@ -121,11 +127,36 @@ def trl_worker(args) -> None:
                        num_sample_generations=0, save_strategy="no", seed=0, local_rollout_forward_batch_size=args.batch_size)
     trainer = PPOTrainer(args=config, processing_class=tok, model=policy, ref_model=ref, reward_model=rm,
                          train_dataset=ds, value_model=vm)
+    # its own loop calls only on_train_begin / on_step_end: a step is the time between two of those marks
+    marks: list[float] = []
+    generate_s: list[float] = []
+
+    class Marks(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            marks.append(time.perf_counter())
+
+    trainer.add_callback(Marks())
+    generate = ppo_module.batch_generation
+
+    def timed_generation(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return generate(*a, **kw)
+        finally:
+            generate_s.append(time.perf_counter() - t0)
+
+    ppo_module.batch_generation = timed_generation
     t = time.perf_counter()
     trainer.train()
     elapsed = time.perf_counter() - t
+    step_s = [b - a for a, b in zip(marks, marks[1:])]
     Path(args.json).write_text(json.dumps({"samples_per_s": args.num_prompts / elapsed, "seconds": elapsed,
-                                           "samples": args.num_prompts}))
+                                           "samples": args.num_prompts, **steady_state(step_s, args.batch_size),
+                                           "step_s": [round(x, 2) for x in step_s],
+                                           "generate_s": [round(x, 2) for x in generate_s]}))
 
 
 def main() -> None:
@@ -172,7 +203,12 @@ def main() -> None:
         print("trl", json.dumps(theirs), flush=True)
         result["trl"] = theirs
         result["trl_samples_per_s"] = theirs["samples_per_s"]
-        result["ratio"] = ours["samples_per_s"] / theirs["samples_per_s"]
+        steady = "steady_samples_per_s" in ours and "steady_samples_per_s" in theirs
+        key = "steady_samples_per_s" if steady else "samples_per_s"
+        result["preftune_samples_per_s"], result["trl_samples_per_s"] = ours[key], theirs[key]
+        result["ratio"] = ours[key] / theirs[key]
+        result["ratio_measures"] = "steps 2..n" if steady else "all steps"
+        result["ratio_all_steps"] = ours["samples_per_s"] / theirs["samples_per_s"]
     Path(args.json).write_text(json.dumps(result, indent=2))
 
 

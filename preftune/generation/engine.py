@@ -147,12 +147,22 @@ def sample_next(
         logp = scaled.log_softmax(-1)
         filtered = filter_top_p(filter_top_k(scaled, params.top_k), params.top_p)
         probs = logp.exp() if filtered is scaled else filtered.softmax(-1)
-        # Exponential race: argmax_i p_i / E_i with E_i ~ Exp(1) draws i with probability p_i (the Gumbel-max
-        # trick in another form). E = -log U from torch.rand: ~10x faster on CPU than torch.multinomial or
-        # exponential_ over a 49k vocabulary.
-        u = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
-        tokens = (probs / -torch.log(u)).argmax(-1)
+        tokens = inverse_cdf_sample(probs, generator)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of ``probs`` [B, V] (rows need not sum to exactly 1) -> token ids [B] (long).
+
+    Inverse-CDF sampling: the first token whose cumulative mass exceeds u * total, u ~ U[0, 1). One uniform per
+    row instead of one per vocabulary entry (the exponential race needs B x V uniforms: torch's CPU generator makes
+    them at ~8 ms per 64 x 49k batch, 3x the rest of this function). The cumulative sum is taken in float64 so the
+    49k-term prefix sums carry no visible rounding; u is drawn in float32 (at most 1 - 2^-24), so u * total stays
+    strictly below the total and ``right=True`` never lands on a zero-probability token.
+    """
+    cdf = probs.cumsum(-1, dtype=torch.float64)
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=torch.float32)
+    return torch.searchsorted(cdf, u.double() * cdf[:, -1:], right=True).squeeze(-1)
 
 
 # -- the Hugging Face backend ------------------------------------------------------------------------

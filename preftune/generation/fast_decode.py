@@ -11,10 +11,12 @@ dtype round trips, cache bookkeeping); the weights' matmuls of SmolLM2-135M take
   rope scaling the model defines is honoured), applied as ``x·cos + roll(x, D/2)·sin'`` where
   ``sin' = [-sin₁, sin₂]`` (``roll`` equals the reference's ``rotate_half`` up to that sign);
 * grouped-query attention without repeating keys: the ``G = H / H_kv`` query heads that share a key head
-  are laid out as ``G`` query rows of one ``scaled_dot_product_attention`` call ([B, H_kv, G, D]), which
-  is exact for a single query position;
+  are laid out as ``G`` query rows ([B, H_kv, G, D]) of two batched matmuls (scores, then values), which
+  is exact for a single query position (``scaled_dot_product_attention`` computes the same but its CPU
+  flash kernel, tiled for long queries, took 0.9 ms a layer at batch 64 against 0.4 ms);
 * the KV cache is the engine's preallocated per-layer buffers ([B, H_kv, capacity, D]); every row writes
-  the same slot (prompts are left-padded), and a boolean mask [B, capacity] marks the real positions.
+  the same slot (prompts are left-padded), and an additive mask [B, capacity] (0 or -inf) marks the real
+  positions.
 
 Weights in another dtype (``weight_dtype=torch.bfloat16`` on an fp32 model): decoding a small batch on a
 CPU streams every weight from memory once per token and is bound by memory bandwidth (measured here: the
@@ -196,8 +198,9 @@ class LlamaDecoder:
         self.keys, self.values = keys, values
         self.capacity = keys[0].shape[2]
         b = mask.shape[0]
-        self.mask = torch.zeros((b, self.capacity), dtype=torch.bool, device=mask.device)
-        self.mask[:, :length] = mask.bool()
+        # additive attention mask: 0 where a row may attend, -inf elsewhere (padding, positions not written yet)
+        self.mask = torch.full((b, self.capacity), float("-inf"), dtype=keys[0].dtype, device=mask.device)
+        self.mask[:, :length].masked_fill_(mask.bool(), 0.0)
         self.length = length
         # rotary table for every position the cache can hold, from the model's own rotary module
         weight = model.lm_head.weight
@@ -223,8 +226,9 @@ class LlamaDecoder:
         g, half, eps, shape = h // hkv, self.head_dim // 2, self.eps, (self.hidden,)
         q_end, k_end = h * d, (h + hkv) * d
         cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]  # [B, 1, D]
-        self.mask[:, t] = True
-        mask = self.mask[:, None, None, : t + 1]  # [B, 1, 1, T]: broadcast over key heads and query rows
+        self.mask[:, t] = 0.0
+        mask = self.mask[:, None, None, : t + 1]  # [B, 1, 1, T] additive: broadcast over key heads and query rows
+        scale = d ** -0.5
         x = F.embedding(tokens, self.model.model.embed_tokens.weight)  # [B, hidden]
         for lw, kbuf, vbuf in zip(self.weights.layers, self.keys, self.values):
             y = F.rms_norm(x, shape, lw.in_norm, eps)
@@ -237,8 +241,10 @@ class LlamaDecoder:
             q = torch.addcmul(q * cos, q.roll(half, -1), sin)
             kbuf[:, :, t] = torch.addcmul(k * cos, k.roll(half, -1), sin)
             vbuf[:, :, t] = v.reshape(b, hkv, d)
-            o = F.scaled_dot_product_attention(q.view(b, hkv, g, d), kbuf[:, :, : t + 1], vbuf[:, :, : t + 1],
-                                               attn_mask=mask)  # [B, H_kv, G, D]
+            # one query per head: two small batched matmuls, 2-3x faster here than the flash-attention CPU kernel,
+            # which tiles for long queries (scores [B, H_kv, G, T], G query heads per key head)
+            scores = torch.matmul(q.view(b, hkv, g, d), kbuf[:, :, : t + 1].transpose(-1, -2)).mul_(scale).add_(mask)
+            o = torch.matmul(scores.softmax(-1), vbuf[:, :, : t + 1])  # [B, H_kv, G, D]
             x = x + _linear(o.reshape(b, h * d), lw.o)
             y = F.rms_norm(x, shape, lw.post_norm, eps)
             if lw.gate_up is not None:
