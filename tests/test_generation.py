@@ -197,17 +197,24 @@ def test_empty_prompt_is_an_error(model, tok):
         HFEngine(model, tok).generate([[5], []], SamplingParams(max_new_tokens=2))
 
 
-def test_repeated_prompts_are_prefilled_once_with_the_same_results(model, tok, prompt_ids):
+@pytest.mark.parametrize("fast_decode", [False, True])
+def test_repeated_prompts_are_prefilled_once_with_the_same_results(model, tok, prompt_ids, fast_decode):
     # k copies of each prompt (online RL): one prefill per distinct prompt, its KV cache copied to the k rows;
     # greedy rows equal the single-prompt runs, and seeded sampling is reproducible
-    engine = HFEngine(model, tok, batch_size=16, show_progress=False)
+    engine = HFEngine(model, tok, batch_size=16, show_progress=False, fast_decode=fast_decode)
     repeated = [p for p in prompt_ids for _ in range(3)]
     calls = []
-    handle = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    if fast_decode:  # the prompts go through the decoder's own prefill
+        real = engine._fast_prefill
+        engine._fast_prefill = lambda ids, *a: calls.append(ids.shape) or real(ids, *a)
+        handle = None
+    else:
+        handle = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
     try:
         greedy = engine.generate(repeated, SamplingParams(max_new_tokens=6, do_sample=False))
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
     assert calls[0][0] == len(prompt_ids)  # the prefill: 4 rows, not 12
     alone = engine.generate(prompt_ids, SamplingParams(max_new_tokens=6, do_sample=False))
     assert greedy.sequences == [s for s in alone.sequences for _ in range(3)]
@@ -247,8 +254,9 @@ def _llama_with_rope_scaling(vocab_size):
 
 @pytest.mark.parametrize("which", ["llama", "qwen2_bias", "llama_rope_scaling"])
 def test_fast_decode_equals_the_reference_forward(tok, prompt_ids, model, which):
-    """Same tokens and log-probs (1e-5) as decoding through the model's forward: greedy, seeded sampling with
-    rows leaving the batch at a stop string, and k samples per prompt sharing a prefill."""
+    """Same tokens and log-probs (1e-5) as prefilling and decoding through the model's forward: greedy (prompts
+    of different lengths, left-padded), seeded sampling with rows leaving the batch at a stop string, and k
+    samples per prompt sharing a prefill."""
     from preftune.generation.fast_decode import unsupported_reason
 
     m = {"llama": model, "qwen2_bias": _qwen2_with_bias(len(tok)), "llama_rope_scaling": _llama_with_rope_scaling(len(tok))}[which]
@@ -256,8 +264,8 @@ def test_fast_decode_equals_the_reference_forward(tok, prompt_ids, model, which)
     fast = HFEngine(m, tok, batch_size=8, show_progress=False, decode_dtype="float32")
     slow = HFEngine(m, tok, batch_size=8, show_progress=False, fast_decode=False)
     used = []
-    real = fast._fast_decoder
-    fast._fast_decoder = lambda *a: used.append(real(*a)) or used[-1]
+    real = fast._fast_prefill
+    fast._fast_prefill = lambda *a: used.append(real(*a)) or used[-1]
     for prompts, params in [
         (prompt_ids, SamplingParams(max_new_tokens=20, do_sample=False)),
         (prompt_ids, SamplingParams(max_new_tokens=20, temperature=0.9, top_k=50, seed=11, stop=("e",))),

@@ -319,17 +319,13 @@ class HFEngine:
             prompt_ids=[list(p) for p in prompt_ids],
         )
 
-    def _fast_decoder(self, cache, mask: torch.Tensor, length: int):
-        """A :class:`LlamaDecoder` over the prefilled preallocated cache, or None where the cache is the model's own."""
+    def _fast_prefill(self, ids: torch.Tensor, mask: torch.Tensor, capacity: int):
+        """(:class:`LlamaDecoder` holding the prompts' KV cache, next-token logits [U, V]) for left-padded ``ids``."""
         from preftune.generation.fast_decode import DecodeWeights, LlamaDecoder
 
-        layers = getattr(cache, "layers", None)
-        if not layers or not all(isinstance(layer, _PreallocatedLayer) for layer in layers):
-            return None
         if self._decode_weights is None:
             self._decode_weights = DecodeWeights(self.model, self.decode_dtype)
-        return LlamaDecoder(self.model, [layer._k for layer in layers], [layer._v for layer in layers], mask, length,
-                            weights=self._decode_weights)
+        return LlamaDecoder.prefilled(self.model, ids, mask, capacity, weights=self._decode_weights)
 
     def _bar(self, batches):
         if not self.show_progress or len(batches) <= 1:
@@ -355,11 +351,17 @@ class HFEngine:
             mask[i, width - len(p):] = 1
         ids, mask = ids.to(dev), mask.to(dev)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
-        cache = _new_cache(model, width + params.max_new_tokens) if self.preallocate else None
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, **extra)
-        cache = out.past_key_values
-        logits = out.logits[:, -1, :].float()
+        capacity = width + params.max_new_tokens
+        cache = decoder = None
+        if self.fast_decode:  # the prompts go through the decode weights too (bf16 by default on CPU)
+            decoder, logits = self._fast_prefill(ids, mask, capacity)
+        else:
+            extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
+            cache = _new_cache(model, capacity) if self.preallocate else None
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                        use_cache=True, **extra)
+            cache = out.past_key_values
+            logits = out.logits[:, -1, :].float()
         next_pos = positions[:, -1] + 1
         if u < b:
             source = [0] * b
@@ -367,9 +369,11 @@ class HFEngine:
                 for r in rows:
                     source[r] = g
             expand = torch.tensor(source, dtype=torch.long, device=dev)
-            cache.reorder_cache(expand)
+            if decoder is not None:
+                decoder.select(expand)
+            else:
+                cache.reorder_cache(expand)
             logits, mask, next_pos = logits[expand], mask[expand], next_pos[expand]
-        decoder = self._fast_decoder(cache, mask, width) if self.fast_decode else None
 
         tokens: list[list[int]] = [[] for _ in range(b)]
         logps: list[list[float]] = [[] for _ in range(b)]

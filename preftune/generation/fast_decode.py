@@ -210,6 +210,63 @@ class LlamaDecoder:
         self.cos = cos[0]
         self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
 
+    @classmethod
+    def prefilled(cls, model, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
+                  weights: DecodeWeights | None = None) -> tuple[LlamaDecoder, torch.Tensor]:
+        """Run left-padded prompts ``ids`` [U, W] (``mask`` [U, W], 1 on real tokens) through the layers with the
+        decode weights, into fresh KV buffers of ``capacity`` positions. Returns the decoder (ready for
+        :meth:`step` at position W) and the next-token logits of each prompt [U, V] (fp32)."""
+        config = model.config
+        u, width = ids.shape
+        h = config.num_attention_heads
+        hkv = getattr(config, "num_key_value_heads", None) or h
+        d = getattr(config, "head_dim", None) or config.hidden_size // h
+        dtype, device = model.lm_head.weight.dtype, ids.device
+        # every position < W is written below; later ones are never read before a step writes them
+        keys = [torch.empty((u, hkv, capacity, d), dtype=dtype, device=device) for _ in model.model.layers]
+        values = [torch.empty((u, hkv, capacity, d), dtype=dtype, device=device) for _ in model.model.layers]
+        decoder = cls(model, keys, values, mask, width, weights)
+        return decoder, decoder._prefill(ids, mask)
+
+    @torch.inference_mode()
+    def _prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        u, w = ids.shape
+        h, hkv, d, eps, shape = self.num_heads, self.num_kv_heads, self.head_dim, self.eps, (self.hidden,)
+        half, q_end, k_end = d // 2, h * d, (h + hkv) * d
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [U, 1, W, D]
+        # causal over the real tokens; a padding query attends to itself only (its output is never read, and
+        # a row with no key at all would be NaN)
+        causal = torch.ones((w, w), dtype=torch.bool, device=ids.device).tril()
+        allowed = (causal[None] & mask.bool()[:, None, :]) | torch.eye(w, dtype=torch.bool, device=ids.device)[None]
+        x = F.embedding(ids, self.model.model.embed_tokens.weight)  # [U, W, hidden]
+        for lw, kbuf, vbuf in zip(self.weights.layers, self.keys, self.values):
+            y = F.rms_norm(x, shape, lw.in_norm, eps)
+            if lw.qkv is not None:
+                qkv = _linear(y, lw.qkv)
+                q, k, v = qkv[..., :q_end], qkv[..., q_end:k_end], qkv[..., k_end:]
+            else:
+                q, k, v = _linear(y, lw.q), _linear(y, lw.k), _linear(y, lw.v)
+            q = q.reshape(u, w, h, d).transpose(1, 2)  # [U, H, W, D]
+            k = k.reshape(u, w, hkv, d).transpose(1, 2)
+            q = torch.addcmul(q * cos, q.roll(half, -1), sin)
+            kbuf[:, :, :w] = torch.addcmul(k * cos, k.roll(half, -1), sin)
+            vbuf[:, :, :w] = v.reshape(u, w, hkv, d).transpose(1, 2)
+            # query head i reads key head i // G, as the model's repeat_kv lays them out
+            o = F.scaled_dot_product_attention(q, kbuf[:, :, :w], vbuf[:, :, :w], attn_mask=allowed[:, None],
+                                               enable_gqa=h != hkv)  # [U, H, W, D]
+            x = x + _linear(o.transpose(1, 2).reshape(u, w, h * d), lw.o)
+            y = F.rms_norm(x, shape, lw.post_norm, eps)
+            if lw.gate_up is not None:
+                gate, up = _linear(y, lw.gate_up).chunk(2, dim=-1)
+                x = x + _linear(F.silu(gate) * up, lw.down)
+            else:
+                x = x + _linear(F.silu(_linear(y, lw.gate)) * _linear(y, lw.up), lw.down)
+        last = F.rms_norm(x[:, -1], shape, self.model.model.norm.weight, eps)  # left-padded: the last real token
+        w_head, bias = self.weights.head
+        logits = F.linear(last.to(w_head.dtype), w_head, bias)
+        return logits.float()
+
     def select(self, rows: torch.Tensor) -> None:
         """Keep the batch rows ``rows`` (long [B']), in that order."""
         self.keys = [k.index_select(0, rows) for k in self.keys]
