@@ -16,7 +16,9 @@ Everything downstream (online RL, best-of-N, evaluation) calls :class:`Generatio
   at that temperature *before* top-k / top-p truncation; with greedy decoding the raw log-probs);
 * stop each sequence on its own (EOS or a stop string) and drop finished rows from the batch, so a
   long straggler does not keep paying for the others;
-* compute the LM head at the last position only during prefill (``logits_to_keep=1``);
+* compute the LM head at the last position only during prefill (``logits_to_keep=1``); for Llama-family
+  models, prefill and decode through :mod:`preftune.generation.fast_decode` (bf16 copies of the weights by
+  default on a CPU with native bf16);
 * prefill each distinct prompt of a batch once and copy its KV cache to the rows sampling from it (the k
   samples per prompt of online RL), instead of prefilling k identical copies as ``generate`` does.
 
