@@ -9,7 +9,7 @@ venv itself is never modified (TRL 1.16 there is shadowed only inside the bench 
 
 Settings, the same on both sides: the default model as policy (full fine-tuning, fp32, CPU, 2 threads), a reward
 model = the default model with a freshly initialised scalar head (seeded, saved once, loaded by both), 32 chat
-prompts, batch 8 prompts per PPO step, 48 new tokens at temperature 1, one PPO epoch with one minibatch,
+prompts (64: eight steps), batch 8 prompts per PPO step, 48 new tokens at temperature 1, one PPO epoch with one minibatch,
 kl_coef 0.05, learning rate 1e-6. TRL trains a separate value model (its design); preftune uses its default, a
 value head on the policy (one forward pass gives log-probs and values). Writes
 {"preftune_samples_per_s", "trl_samples_per_s", "ratio"}: steady-state rates over steps 2..n (the first step of a
@@ -162,7 +162,7 @@ def trl_worker(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", required=True)
-    ap.add_argument("--num-prompts", type=int, default=32)
+    ap.add_argument("--num-prompts", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--trl-worker", action="store_true")

@@ -297,6 +297,24 @@ def test_fast_decode_sees_weights_updated_in_place(tok, prompt_ids):
     assert after.sequences == reference.sequences and after.sequences != before.sequences
 
 
+def test_decode_copies_follow_a_fused_optimizer_step_after_on_policy_update(tok, prompt_ids):
+    # torch's fused AdamW writes parameters without bumping their version counters, so the bf16 copies cannot
+    # see that step by themselves: on_policy_update (what the online trainer calls after every step) drops them
+    m = tiny_model(len(tok), kind="llama", seed=9)
+    engine = HFEngine(m, tok, show_progress=False, decode_dtype="bfloat16")
+    params = SamplingParams(max_new_tokens=8, do_sample=False)
+    before = engine.generate(prompt_ids, params)
+    opt = torch.optim.AdamW(m.parameters(), lr=0.05, fused=True)
+    torch.manual_seed(0)
+    for p in m.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    engine.on_policy_update(m)
+    after = engine.generate(prompt_ids, params)
+    fresh = HFEngine(m, tok, show_progress=False, decode_dtype="bfloat16").generate(prompt_ids, params)
+    assert after.sequences == fresh.sequences and after.sequences != before.sequences
+
+
 def test_fast_decode_unsupported_models_fall_back(tok, gpt2_tokenizer):
     from peft import LoraConfig, get_peft_model
 

@@ -103,6 +103,9 @@ class GenerationOutput:
 
 @runtime_checkable
 class GenerationEngine(Protocol):
+    """What the pipeline asks of a generation backend. Engines that keep their own copy of the policy's weights
+    also define ``on_policy_update(policy)``, which online RL calls after every optimizer step."""
+
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> GenerationOutput: ...
 
 
@@ -320,6 +323,16 @@ class HFEngine:
             finished=[r[2] for r in results],
             prompt_ids=[list(p) for p in prompt_ids],
         )
+
+    def on_policy_update(self, policy=None) -> None:
+        """The policy's weights changed (an optimizer step, a checkpoint loaded): drop the decode-dtype copies.
+
+        The copies also notice in-place updates through the parameters' version counters, but torch's fused
+        AdamW does not bump those, so trainers call this after every step. ``policy`` is unused (this engine
+        decodes the model it was given); engines that hold their own weights (vLLM) load them from it.
+        """
+        if self._decode_weights is not None:
+            self._decode_weights.invalidate()
 
     def _fast_prefill(self, ids: torch.Tensor, mask: torch.Tensor, capacity: int):
         """(:class:`LlamaDecoder` holding the prompts' KV cache, next-token logits [U, V]) for left-padded ``ids``."""

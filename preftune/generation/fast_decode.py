@@ -109,7 +109,8 @@ class DecodeWeights:
     """The weights a decode step reads, in ``dtype`` (None: the model's parameters as they are).
 
     Copies are rebuilt by :meth:`current` when any parameter's storage or version counter changed since the
-    last build, so an optimizer step between two rollouts is always seen.
+    last build, or after :meth:`invalidate` (an optimizer that does not bump version counters: the online
+    trainer calls the engine's ``on_policy_update`` after every step).
     """
 
     def __init__(self, model, dtype: torch.dtype | None = None):
@@ -125,6 +126,11 @@ class DecodeWeights:
 
     def _version(self):
         return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+
+    def invalidate(self) -> None:
+        """Rebuild the copies at the next :meth:`current`. Needed after updates that leave the version counters
+        alone: torch's fused AdamW (``fused=True``) writes the parameters in place without bumping them."""
+        self._key = None
 
     def current(self) -> DecodeWeights:
         key = self._version()

@@ -72,6 +72,10 @@ class VLLMEngine:
             finished.append(c.finish_reason == "stop")
         return GenerationOutput(sequences, logprobs, texts, finished, prompt_ids=[list(p) for p in prompt_ids])
 
+    def on_policy_update(self, policy) -> None:
+        """Online RL's hook after every optimizer step: the policy's new weights go to the vLLM workers."""
+        self.load_weights(policy.state_dict())
+
     def load_weights(self, state_dict) -> None:
         """Copy the policy's current weights into the vLLM model (between RL steps)."""
         items = list(state_dict.items())

@@ -34,7 +34,7 @@ from preftune.progress import progress
 from preftune.rl.experience import Rollout, chunks, collect_rollout, make_reference, policy_forward, response_mask
 from preftune.rewards.base import as_reward_function
 from preftune.runs import RunDir, resolve_resume
-from preftune.train.loop import load_checkpoint, make_accelerator, save_checkpoint
+from preftune.train.loop import adamw, load_checkpoint, make_accelerator, save_checkpoint
 
 
 # the wall-clock metrics of a step (they differ between two runs of the same computation)
@@ -114,7 +114,7 @@ class OnlineTrainer:
         if not params:
             raise PreftuneError("the policy has no trainable parameters")
         self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
+        self.optimizer = adamw(params, lr=settings.learning_rate, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
         self.accelerator = make_accelerator("no")
         self.device = next(policy.parameters()).device
@@ -208,7 +208,14 @@ class OnlineTrainer:
         if s.max_grad_norm:
             metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm))
         self.optimizer.step()
+        self._policy_updated()
         return tokens
+
+    def _policy_updated(self) -> None:
+        """Tell the generation engine the weights changed (its bf16 copies, or vLLM's weights, are now stale)."""
+        hook = getattr(self.engine, "on_policy_update", None)
+        if hook is not None:
+            hook(self.policy)
 
     def update_single_pass(self, rollout: Rollout, kl_coef: float) -> tuple[dict[str, float], dict[str, float]]:
         """One forward with grad over the whole rollout: its detached log-probs / values become the rollout's "old"
@@ -240,6 +247,7 @@ class OnlineTrainer:
         checkpoint = resolve_resume(self.run, s.resume)
         if checkpoint is not None:
             start = load_checkpoint(checkpoint, self.module, self.optimizer, self.scheduler, self.accelerator)
+            self._policy_updated()
             state = json.loads((checkpoint / "state.json").read_text())
             self.kl_ctl.load_state_dict(state["kl_controller"])
             if hasattr(self.algo, "load_state_dict"):

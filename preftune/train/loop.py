@@ -301,6 +301,17 @@ def _prune(run: RunDir, keep: int | None) -> None:
 # -- the loop -------------------------------------------------------------------------------------------
 
 
+def adamw(params: list[torch.nn.Parameter], **kwargs) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` with the fused kernel where every parameter allows it (CPU or CUDA, floating point).
+
+    The fused step is one pass over each tensor instead of ~10 elementwise ops: 0.06 s against 0.4 s for the
+    135M parameters of the default model on 2 CPU cores. transformers' ``Trainer`` (so TRL) defaults to it too
+    (``adamw_torch_fused``). Anything else falls back to the default implementation.
+    """
+    fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, **kwargs, **({"fused": True} if fusable else {}))
+
+
 def make_accelerator(mixed_precision: str = "auto"):
     from accelerate import Accelerator
 
@@ -340,8 +351,8 @@ def train(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], A
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise PreftuneError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, betas=settings.adam_betas,
-                                  eps=settings.adam_eps, weight_decay=settings.weight_decay)
+    optimizer = adamw(params, lr=settings.learning_rate, betas=settings.adam_betas, eps=settings.adam_eps,
+                      weight_decay=settings.weight_decay)
     warm = warmup_steps(settings.warmup, n_steps)
     lr_factor(0, total=n_steps, warmup=warm, kind=settings.lr_scheduler)  # validates the scheduler name early
     scheduler = torch.optim.lr_scheduler.LambdaLR(
