@@ -14,7 +14,8 @@ kl_coef 0.05, learning rate 1e-6. TRL trains a separate value model (its design)
 value head on the policy (one forward pass gives log-probs and values). Writes
 {"preftune_samples_per_s", "trl_samples_per_s", "ratio"}: steady-state rates over steps 2..n (the first step of a
 process is a warm-up on both sides; see rloo_vs_trl.py), with the all-steps ratio ("ratio_all_steps") and each
-step's time beside them.
+step's time beside them. Both processes keep freed memory for reuse (preftune/memory.py: preftune's online trainer
+does it; the TRL worker is given the same setting, so the comparison is not of allocators).
 """
 
 from __future__ import annotations
@@ -111,6 +112,10 @@ def trl_worker(args) -> None:
     from _online_common import steady_state
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    # the same allocator setting as preftune's side (its online trainer keeps freed memory: preftune/memory.py)
+    from preftune.memory import retain_freed_memory
+
+    retain_freed_memory()
     tok = load_tokenizer()
     tok.padding_side = "left"
     path = resolve_model_path(None)

@@ -14,7 +14,8 @@ Each side runs --steps steps (default 3) in a fresh trainer. The first step of a
 (every activation buffer is touched for the first time: ~1.2 M page faults, ~5 s here), so the headline ratios
 ("rloo_ratio", "grpo_ratio") are steady-state: samples per second over steps 2..n, each side's steps timed alone
 (TRL: from on_step_begin to on_step_end, which brackets its generation, scoring and update; preftune: its loop's
-step). The ratios over all steps, first one included ("*_ratio_all_steps"), and every step's time are reported too.
+step). The ratios over all steps, first one included ("*_ratio_all_steps"), and every step's time are reported too. Both run in one process, preftune first: its online trainer makes glibc keep freed
+memory (preftune/memory.py), and TRL's run inherits the same setting.
 Writes {"rloo_ratio", "grpo_ratio", ...} and the settings of both sides.
 """
 

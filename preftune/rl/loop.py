@@ -30,6 +30,7 @@ from preftune.data.formats import prompt_text
 from preftune.errors import PreftuneError
 from preftune.generation.engine import GenerationEngine, HFEngine, SamplingParams
 from preftune.losses import policy as P
+from preftune.memory import retain_freed_memory
 from preftune.progress import progress
 from preftune.rl.experience import Rollout, chunks, collect_rollout, make_reference, policy_forward, response_mask
 from preftune.rewards.base import as_reward_function
@@ -115,6 +116,9 @@ class OnlineTrainer:
             raise PreftuneError("the policy has no trainable parameters")
         self.params = params
         self.optimizer = adamw(params, lr=settings.learning_rate, weight_decay=0.0)
+        # generation and training alternate with new shapes every step: keep freed memory instead of faulting it
+        # back in each step (see preftune/memory.py)
+        retain_freed_memory()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
         self.accelerator = make_accelerator("no")
         self.device = next(policy.parameters()).device
