@@ -20,7 +20,7 @@ def faults():
         del x
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 faults(), faults()  # the first passes fault the pages in either way (and settle where the blocks sit)
-print(applied, faults())
+print(applied, sum(faults() for _ in range(8)) // 8)  # mean faults per pass of 5 blocks
 """
 
 
@@ -37,12 +37,13 @@ def _probe(env_value: str | None) -> tuple[bool, int]:
 def test_freed_memory_is_reused_without_page_faults():
     applied, faults = _probe(None)
     assert applied
-    # 5 x 64 MB = 80k pages would fault again if the blocks went back to the kernel
-    assert faults < 1000
+    # a pass of 5 x 64 MB blocks is 80k pages faulted anew when the blocks go back to the kernel; kept, a block
+    # is only now and then placed on fresh pages (measured means over 8 passes: 0 or 6k)
+    assert faults < 30_000  # mean per pass; 81,920 without
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's (Linux)")
 def test_opt_out_leaves_malloc_alone():
     applied, faults = _probe("0")
     assert not applied
-    assert faults > 40_000  # each 64 MB block is mmap'd and faulted in anew
+    assert faults > 60_000  # each 64 MB block is mmap'd and faulted in anew (81,920 pages a pass)
