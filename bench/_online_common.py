@@ -86,7 +86,18 @@ def steady_state(step_seconds: list[float], samples_per_step: int) -> dict:
     return {"steady_samples_per_s": samples_per_step * len(later) / sum(later), "steady_seconds": sum(later)}
 
 
-class step_timer:
+def compare(ours: dict, theirs: dict, name: str = "") -> dict:
+    """The ratio keys of a benchmark result: steady-state rates when both sides ran two steps or more, else all
+    steps; the all-steps ratio beside it. ``name`` prefixes the keys ("rloo" gives "rloo_ratio", ...)."""
+    tag = f"{name}_" if name else ""
+    steady = "steady_samples_per_s" in ours and "steady_samples_per_s" in theirs
+    key = "steady_samples_per_s" if steady else "samples_per_s"
+    return {f"{tag}ratio": ours[key] / theirs[key], f"{tag}ratio_measures": "steps 2..n" if steady else "all steps",
+            f"{tag}ratio_all_steps": ours["samples_per_s"] / theirs["samples_per_s"],
+            f"preftune_{tag}samples_per_s": ours[key], f"trl_{tag}samples_per_s": theirs[key]}
+
+
+class StepTimer:
     """Times each optimizer step of a transformers ``Trainer`` (on_step_begin to on_step_end: TRL's online trainers
     generate, score and update inside it) and each call of the trainer's ``_generate``."""
 

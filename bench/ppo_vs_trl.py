@@ -178,7 +178,7 @@ def main() -> None:
         return trl_worker(args)
     import torch
 
-    from _online_common import preftune_samples_per_s
+    from _online_common import compare, preftune_samples_per_s
     from preftune.models.loading import load_tokenizer
     from preftune.rl.ppo import PPO, PPOSettings
 
@@ -207,13 +207,7 @@ def main() -> None:
         theirs = json.loads(out.read_text())
         print("trl", json.dumps(theirs), flush=True)
         result["trl"] = theirs
-        result["trl_samples_per_s"] = theirs["samples_per_s"]
-        steady = "steady_samples_per_s" in ours and "steady_samples_per_s" in theirs
-        key = "steady_samples_per_s" if steady else "samples_per_s"
-        result["preftune_samples_per_s"], result["trl_samples_per_s"] = ours[key], theirs[key]
-        result["ratio"] = ours[key] / theirs[key]
-        result["ratio_measures"] = "steps 2..n" if steady else "all steps"
-        result["ratio_all_steps"] = ours["samples_per_s"] / theirs["samples_per_s"]
+        result.update(compare(ours, theirs))
     Path(args.json).write_text(json.dumps(result, indent=2))
 
 

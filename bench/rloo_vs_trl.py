@@ -14,8 +14,9 @@ Each side runs --steps steps (default 3) in a fresh trainer. The first step of a
 (every activation buffer is touched for the first time: ~1.2 M page faults, ~5 s here), so the headline ratios
 ("rloo_ratio", "grpo_ratio") are steady-state: samples per second over steps 2..n, each side's steps timed alone
 (TRL: from on_step_begin to on_step_end, which brackets its generation, scoring and update; preftune: its loop's
-step). The ratios over all steps, first one included ("*_ratio_all_steps"), and every step's time are reported too. Both run in one process, preftune first: its online trainer makes glibc keep freed
-memory (preftune/memory.py), and TRL's run inherits the same setting.
+step). The ratios over all steps, first one included ("*_ratio_all_steps"), and every step's time are reported
+too. Both run in one process, preftune first: its online trainer makes glibc keep freed memory
+(preftune/memory.py), and TRL's run inherits the same setting.
 Writes {"rloo_ratio", "grpo_ratio", ...} and the settings of both sides.
 """
 
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import preftune  # noqa: E402,F401  -- before torch: caps oneDNN so the bf16 sampler is safe
 import torch  # noqa: E402
 
-from _online_common import QUESTIONS, polite_reward, preftune_samples_per_s, steady_state, step_timer  # noqa: E402
+from _online_common import QUESTIONS, StepTimer, compare, polite_reward, preftune_samples_per_s, steady_state  # noqa: E402
 
 
 def trl_samples_per_s(kind: str, *, num_prompts: int, num_samples: int, max_new_tokens: int, steps: int, beta: float) -> dict:
@@ -57,7 +58,7 @@ def trl_samples_per_s(kind: str, *, num_prompts: int, num_samples: int, max_new_
 
         trainer = GRPOTrainer(model=model, reward_funcs=polite_reward, args=GRPOConfig(**common), train_dataset=ds,
                               processing_class=tok)
-    timer = step_timer(trainer)
+    timer = StepTimer(trainer)
     out = trainer.train()
     runtime = out.metrics["train_runtime"]
     n = steps * num_prompts * num_samples
@@ -98,13 +99,7 @@ def main() -> None:
         theirs = trl_samples_per_s(method, beta=beta, **shape)
         print(method, "trl", json.dumps(theirs), flush=True)
         result[method] = {"preftune": ours, "trl": theirs, "beta": beta}
-        steady = "steady_samples_per_s" in ours and "steady_samples_per_s" in theirs
-        key = "steady_samples_per_s" if steady else "samples_per_s"
-        result[f"{method}_ratio"] = ours[key] / theirs[key]
-        result[f"{method}_ratio_measures"] = "steps 2..n" if steady else "all steps (one step: the warm-up included)"
-        result[f"{method}_ratio_all_steps"] = ours["samples_per_s"] / theirs["samples_per_s"]
-        result[f"preftune_{method}_samples_per_s"] = ours[key]
-        result[f"trl_{method}_samples_per_s"] = theirs[key]
+        result.update(compare(ours, theirs, method))
         Path(args.json).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if "ratio" in k}))
 

@@ -275,8 +275,9 @@ class HFEngine:
                  preallocate: bool = True, fast_decode: bool = True, decode_dtype: str = "auto"):
         self.model = model
         self.preallocate = preallocate
-        # the lean decode step of fast_decode.py for Llama-family models (needs the preallocated cache), with its
-        # weights in decode_dtype (see fast_decode.resolve_decode_dtype; "auto" is bf16 on a CPU with native bf16)
+        # the lean prefill and decode step of fast_decode.py for Llama-family models, with its weights in
+        # decode_dtype (see fast_decode.resolve_decode_dtype; "auto" is bf16 on a CPU with native bf16);
+        # preallocate=False asks for the model's own cache and forward, so it turns this off too
         from preftune.generation.fast_decode import resolve_decode_dtype, unsupported_reason
 
         self.fast_decode = fast_decode and preallocate and unsupported_reason(model) is None

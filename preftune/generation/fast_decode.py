@@ -186,6 +186,12 @@ def _linear(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor | None]) -> to
     return F.linear(x.to(w.dtype), w, b).to(x.dtype) if w.dtype != x.dtype else F.linear(x, w, b)
 
 
+def _head_dims(config) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head dimension) of a Llama-family config."""
+    h = config.num_attention_heads
+    return h, getattr(config, "num_key_value_heads", None) or h, getattr(config, "head_dim", None) or config.hidden_size // h
+
+
 def _qkv(y: torch.Tensor, lw: _Layer, q_end: int, k_end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v projections of ``y`` [..., hidden] (one fused matmul when the layer has decode copies)."""
     if lw.qkv is None:
@@ -216,9 +222,7 @@ class LlamaDecoder:
         self.weights = (weights or DecodeWeights(model)).current()
         config = model.config
         self.model = model
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.num_heads, self.num_kv_heads, self.head_dim = _head_dims(config)
         self.hidden = config.hidden_size
         self.eps = config.rms_norm_eps
         self.keys, self.values = keys, values
@@ -242,11 +246,8 @@ class LlamaDecoder:
         """Run left-padded prompts ``ids`` [U, W] (``mask`` [U, W], 1 on real tokens) through the layers with the
         decode weights, into fresh KV buffers of ``capacity`` positions. Returns the decoder (ready for
         :meth:`step` at position W) and the next-token logits of each prompt [U, V] (fp32)."""
-        config = model.config
         u, width = ids.shape
-        h = config.num_attention_heads
-        hkv = getattr(config, "num_key_value_heads", None) or h
-        d = getattr(config, "head_dim", None) or config.hidden_size // h
+        _, hkv, d = _head_dims(model.config)
         dtype, device = model.lm_head.weight.dtype, ids.device
         # every position < W is written below; later ones are never read before a step writes them
         keys = [torch.empty((u, hkv, capacity, d), dtype=dtype, device=device) for _ in model.model.layers]
