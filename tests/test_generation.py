@@ -353,3 +353,25 @@ def test_bf16_decode_weights_sample_close_to_the_fp32_policy(tok, prompt_ids):
             assert torch.allclose(torch.tensor(lps), expected, atol=2e-2), (update, lps, expected.tolist())
     with pytest.raises(ValueError, match="decode_dtype must be auto, model, float32 or bfloat16, got 'int8'"):
         HFEngine(m, tok, decode_dtype="int8")
+
+
+def test_packed_bf16_decode_weights_give_the_same_tokens_and_logprobs_as_plain_ones(tok, prompt_ids):
+    """oneDNN's prepacked layout changes how the bf16 weights are read, not the arithmetic: the same tokens and
+    bit-identical log-probs as plain bf16 copies (prefill, decode steps and the LM head), here with q/k/v biases."""
+    from preftune.generation.fast_decode import DecodeWeights, packing_available
+
+    if not packing_available(torch.bfloat16):
+        pytest.skip("this torch has no oneDNN linear ops for bf16 (decode weights stay plain)")
+    m = _qwen2_with_bias(len(tok))
+    packed = HFEngine(m, tok, batch_size=8, show_progress=False, decode_dtype="bfloat16")
+    plain = HFEngine(m, tok, batch_size=8, show_progress=False, decode_dtype="bfloat16")
+    plain._decode_weights = DecodeWeights(m, torch.bfloat16, pack=False)
+    for params in (SamplingParams(max_new_tokens=12, do_sample=False), SamplingParams(max_new_tokens=12, seed=5)):
+        a, b = packed.generate(prompt_ids, params), plain.generate(prompt_ids, params)
+        assert a.sequences == b.sequences and a.logprobs == b.logprobs
+    weights = packed._decode_weights
+    assert weights.pack and weights.head.packed is not None and weights.head.weight is None
+    assert all(layer.qkv.packed is not None and layer.down.packed is not None for layer in weights.layers)
+    assert not plain._decode_weights.pack and plain._decode_weights.head.packed is None
+    with pytest.raises(ValueError, match="packed decode weights need bf16 copies on a CPU with oneDNN"):
+        DecodeWeights(m, None, pack=True)
