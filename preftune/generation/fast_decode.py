@@ -25,7 +25,10 @@ CPU streams every weight from memory once per token and is bound by memory bandw
 parameter changed (its version counter, bumped by in-place optimizer updates). The residual stream, norms,
 rotary embeddings, attention and KV cache stay in the model's dtype; each projection's output is cast back.
 This is the sampler precision vLLM gives online RL (bf16): the trainer recomputes the log-probs it learns
-from in full precision, so only the sampling distribution is approximated (log-probs within ~1e-2).
+from in full precision, so only the sampling distribution is approximated (log-probs within ~1e-2). On a CPU the
+bf16 copies are also reordered once into oneDNN's blocked layout (:class:`_Proj`): a skinny matmul then reads
+them about twice as fast as the plain row-major copy (AMD EPYC, 2 threads: 30 layers in 12.4 ms a token against
+25.5 at batch 8), the same arithmetic.
 
 :meth:`LlamaDecoder.prefilled` runs the prompts through the same weights (all positions at once, causal
 attention over the real tokens of each left-padded row, ``scaled_dot_product_attention`` with grouped heads):
