@@ -56,3 +56,13 @@ def test_gradient_accumulation_equals_a_larger_batch(setup, tmp_path):
     acc = load_file(str(next((tmp_path / "accum" / "final").glob("*.safetensors"))))
     assert big.keys() == acc.keys()
     assert max((big[k] - acc[k]).abs().max().item() for k in big) < 1e-6
+
+
+def test_runs_with_different_mixed_precision_in_one_process():
+    # accelerate's state is process-wide: a second Accelerator with another mixed precision raised "AcceleratorState
+    # has already been initialized" (PPO's loop asks for none, an offline run on a GPU for bf16: the demo, a notebook)
+    from preftune.train.loop import make_accelerator
+
+    assert make_accelerator("no").mixed_precision == "no"
+    assert make_accelerator("bf16").mixed_precision == "bf16"
+    assert make_accelerator("no").mixed_precision == "no"

@@ -147,7 +147,7 @@ def test_reward_model_normalisation_and_round_trip(net, chatml_tokenizer, tmp_pa
     rm.save(tmp_path / "rm")
     meta = json.loads((tmp_path / "rm" / META_FILE).read_text())
     assert meta["kind"] == "reward_model" and meta["normalization"] == {"mean": mean, "std": std, "count": 3}
-    loaded = load_reward(tmp_path / "rm")
+    loaded = load_reward(tmp_path / "rm", device="cpu")  # the net above is fp32 on the CPU (auto: bf16 on a GPU)
     assert isinstance(loaded, RewardModel) and (loaded.mean, loaded.std) == (mean, std)
     torch.testing.assert_close(loaded(prompts, responses), normed, atol=1e-5, rtol=0)
 
@@ -180,7 +180,7 @@ def test_rule_model_probabilities_and_reward(net, chatml_tokenizer, tmp_path):
     as_reward = rule_model.for_rule("Do not insult the user", "logprob")
     torch.testing.assert_close(as_reward(prompts, responses), torch.nn.functional.logsigmoid(z))
     rule_model.save(tmp_path / "rules")
-    loaded = load_reward(tmp_path / "rules", rule="Do not insult the user")
+    loaded = load_reward(tmp_path / "rules", rule="Do not insult the user", device="cpu")
     torch.testing.assert_close(loaded(prompts, responses), torch.sigmoid(z), atol=1e-6, rtol=0)
 
 

@@ -65,7 +65,8 @@ def test_reward_rises_with_bounded_kl(chatml_tokenizer, tmp_path, method, gain):
 
 
 def test_large_beta_keeps_policy_near_reference(chatml_tokenizer, tmp_path):
-    # GRPO puts beta * KL in the loss: with beta = 5 the policy stays put; with beta = 0.005 it moves (KL ~ 10)
+    # GRPO puts beta * KL in the loss: with beta = 5 the policy stays put; with beta = 0.005 it moves (KL 8-16 over
+    # the last 4 steps here, from 4.9 on another CPU: the trajectory depends on the float rounding of the machine)
     trainer = make_trainer(chatml_tokenizer, "grpo", tmp_path, kl_coef=5.0, steps=12)
     trainer.train()
     rows = read_metrics(trainer.run.path)
@@ -73,7 +74,7 @@ def test_large_beta_keeps_policy_near_reference(chatml_tokenizer, tmp_path):
     free.train()
     free_rows = read_metrics(free.run.path)
     assert max(abs(r["kl"]) for r in rows[-4:]) < 0.5
-    assert min(r["kl"] for r in free_rows[-4:]) > 5.0
+    assert min(r["kl"] for r in free_rows[-4:]) > 2.0
     rewards = [r["reward_mean"] for r in rows]
     assert abs(sum(rewards[-4:]) / 4 - sum(rewards[:4]) / 4) < 0.05
 
@@ -192,3 +193,16 @@ def test_beta_zero_skips_the_reference_pass(chatml_tokenizer, tmp_path):
     trainer.kl_ctl.value = 0.1
     row = trainer.step(1)
     assert sum(calls) == 32 and "kl" in row
+
+
+def test_fp32_value_head_on_a_bf16_policy(chatml_tokenizer):
+    # a bf16 model (the default on a GPU) with the value head as value_head_for makes it (fp32): the hidden states
+    # are cast to the head's dtype, the values come out fp32 (this raised "mat1 and mat2 must have the same dtype")
+    from preftune.rl.experience import policy_forward
+
+    policy = tiny_model(len(chatml_tokenizer), seed=0).to(torch.bfloat16)
+    head = value_head_for(policy.config.hidden_size)
+    torch.nn.init.constant_(head.bias, 0.25)
+    out = policy_forward(policy, [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]], pad_id=0, value_head=head)
+    assert out.values.dtype == torch.float32 and out.values.shape == (2, 3)
+    assert out.values.tolist() == [[0.25, 0.25, 0.0], [0.25, 0.25, 0.25]]  # zero weights: the bias; 0 on padding

