@@ -60,6 +60,16 @@ def _is_bool(annotation: Any) -> bool:
     return annotation is bool or bool in typing.get_args(annotation)
 
 
+def _text_only(annotation: Any) -> bool:
+    """Whether an option takes only text: ``str``, a ``Literal`` of strings, or either of them or None."""
+    if annotation is str:
+        return True
+    if typing.get_origin(annotation) is typing.Literal:
+        return all(isinstance(a, str) for a in typing.get_args(annotation))
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return bool(args) and type(None) in typing.get_args(annotation) and all(_text_only(a) for a in args)
+
+
 def _submodel(annotation: Any) -> type[BaseModel] | None:
     for a in (annotation, *typing.get_args(annotation)):
         if isinstance(a, type) and issubclass(a, BaseModel):
@@ -178,7 +188,8 @@ def parse_args(command: Command, argv: Sequence[str]) -> BaseModel:
                     raise ConfigError(f"{where}: option --{key.replace('_', '-')} needs a value")
                 value = parse_value(argv[i + 1])
                 i += 2
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and annotation is str:
+            if not isinstance(value, str) and value is not None and _text_only(annotation):
+                # YAML reads "no" / "off" as False and "123" as a number: an option that only takes text gets the text
                 value = argv[i - 1] if not eq else inline
             overrides.append((key, value))
             continue

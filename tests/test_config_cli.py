@@ -27,6 +27,8 @@ class DemoConfig(BaseConfig):
     adapter: Lora = Lora()
     stop: list[str] = []
     resume: bool | str = False
+    precision: Literal["auto", "no", "off"] = "auto"
+    label: str | None = "x"
 
 
 COMMAND = Command("demo-cmd", "a test command", DemoConfig, lambda c: 0)
@@ -43,6 +45,10 @@ def test_value_forms():
     cfg = parse_args(COMMAND, ["--learning-rate=1e-5", "--no-lora", "--stop", '["a", "b"]', "--name", "123"])
     assert cfg.learning_rate == 1e-5 and cfg.lora is False and cfg.stop == ["a", "b"] and cfg.name == "123"
     assert parse_args(COMMAND, ["--lora", "false"]).lora is False
+    # text-only options keep the text YAML would turn into a bool or a number ("no" was False: a validation error)
+    assert parse_args(COMMAND, ["--precision", "no"]).precision == "no"
+    assert parse_args(COMMAND, ["--precision=off", "--label", "1e3"]).precision == "off"
+    assert parse_args(COMMAND, ["--label", "1e3"]).label == "1e3" and parse_args(COMMAND, ["--label", "null"]).label is None
 
 
 def test_bool_or_path_flag():
