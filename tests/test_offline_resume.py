@@ -58,7 +58,8 @@ def test_gradient_accumulation_equals_a_larger_batch(setup, tmp_path):
     big = load_file(str(next((tmp_path / "big" / "final").glob("*.safetensors"))))
     acc = load_file(str(next((tmp_path / "accum" / "final").glob("*.safetensors"))))
     assert big.keys() == acc.keys()
-    assert max((big[k] - acc[k]).abs().max().item() for k in big) < 1e-6
+    # a wrong accumulation moves weights by ~lr (1e-3); summation order alone, 1e-7 here and 2e-6 on a GPU's fp32
+    assert max((big[k] - acc[k]).abs().max().item() for k in big) < 1e-5
 
 
 def test_runs_with_different_mixed_precision_in_one_process():
