@@ -42,7 +42,7 @@ def run(config: DemoConfig) -> int:
     out = Path(config.output_dir)
     sft, rm, dpo, ppo, ev = (str(out / name) for name in ("sft", "reward", "dpo", "ppo", "eval"))
     steps = str(config.steps)
-    _stage("0. the data", ["data", "inspect", "starter"])
+    _stage("0. the data", ["data", "inspect", "starter", "--tokenizer", config.model])  # token counts in the model's own
     _stage("1. instruction tuning (SFT, LoRA, merged)",
            ["sft", "--model", config.model, "--data", "starter:train", "--lora", "--merge", "--max-steps", steps,
             "--batch-size", "8", "--output-dir", sft])
