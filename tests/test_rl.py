@@ -31,8 +31,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def make_trainer(tok, method: str, tmp_path, *, kl_coef: float = 0.005, steps: int = 20, **overrides):
-    policy = tiny_model(len(tok), seed=0)
+def make_trainer(tok, method: str, tmp_path, *, kl_coef: float = 0.005, steps: int = 20, device: str = "cpu",
+                 **overrides):
+    policy = tiny_model(len(tok), seed=0).to(device)
     ref = copy.deepcopy(policy).requires_grad_(False)
     k = 1 if method == "ppo" else 4
     settings = OnlineSettings(steps=steps, batch_size=16 if k == 1 else 8, num_samples=k, max_new_tokens=8,
@@ -40,7 +41,7 @@ def make_trainer(tok, method: str, tmp_path, *, kl_coef: float = 0.005, steps: i
     for key, value in overrides.items():
         setattr(settings, key, value)
     if method == "ppo":
-        algo, head = PPO(PPOSettings(vf_coef=0.5)), value_head_for(policy.config.hidden_size)
+        algo, head = PPO(PPOSettings(vf_coef=0.5)), value_head_for(policy.config.hidden_size).to(device)
     else:
         algo, head = PolicyGradient(PGSettings(method=method, num_samples=k)), None
     ids = [tok(p)["input_ids"] for p in PROMPTS]
@@ -48,10 +49,15 @@ def make_trainer(tok, method: str, tmp_path, *, kl_coef: float = 0.005, steps: i
                          prompt_ids=ids, settings=settings, run=RunDir(tmp_path / method), ref_model=ref, value_head=head)
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("method,gain", [("ppo", 0.08), ("rloo", 0.15), ("grpo", 0.15)])
-def test_reward_rises_with_bounded_kl(chatml_tokenizer, tmp_path, method, gain):
-    trainer = make_trainer(chatml_tokenizer, method, tmp_path)
+def test_reward_rises_with_bounded_kl(chatml_tokenizer, tmp_path, method, gain, device):
+    trainer = make_trainer(chatml_tokenizer, method, tmp_path, device=device)
     trainer.train()
+    assert next(trainer.policy.parameters()).device.type == device
     rows = read_metrics(trainer.run.path)
     rewards = [r["reward_mean"] for r in rows]
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4

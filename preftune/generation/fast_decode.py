@@ -91,10 +91,9 @@ class _Proj:
 
     __slots__ = ("weight", "bias", "packed", "dtype")
 
-    def __init__(self, weight: torch.Tensor | None, bias: torch.Tensor | None, packed: torch.Tensor | None = None,
-                 dtype: torch.dtype | None = None):
+    def __init__(self, weight: torch.Tensor | None, bias: torch.Tensor | None, packed: torch.Tensor | None = None):
         self.weight, self.bias, self.packed = weight, bias, packed
-        self.dtype = dtype if weight is None else weight.dtype
+        self.dtype = (packed if packed is not None else weight).dtype  # read on every call: kept, not recomputed
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` [..., in] -> [..., out] in the weight's dtype (``x`` is cast to it first)."""
@@ -131,7 +130,7 @@ def _fused(linears, dtype, pack: bool = False) -> _Proj:
         bias = None if all(b is None for b in biases) else torch.cat(
             [b if b is not None else m.weight.new_zeros(m.out_features) for b, m in zip(biases, linears)]).to(dtype)
         if pack:
-            return _Proj(None, bias, torch.ops.mkldnn._reorder_linear_weight(weight, PACK_BATCH_HINT), dtype)
+            return _Proj(None, bias, torch.ops.mkldnn._reorder_linear_weight(weight, PACK_BATCH_HINT))
     return _Proj(weight, bias)
 
 
