@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from preftune.data.convert import load_examples, parse_hh_dialogue
+from preftune.errors import PreftuneError
 from preftune.data.formats import (
     PreferencePair,
     Ranking,
@@ -130,7 +131,16 @@ def test_starter_dataset_splits():
     assert len(train.examples) + len(test.examples) == len(everything.examples)
     assert len(test.examples) > 0 and len(train.examples) > len(test.examples)
     assert all(isinstance(p, PreferencePair) for p in train.examples)
-    assert not {p.prompt[0]["content"] for p in train.examples} & {p.prompt[0]["content"] for p in test.examples}
+    assert not {p.prompt for p in train.examples} & {p.prompt for p in test.examples}
+    assert all(isinstance(p.prompt, str) for p in everything.examples)  # plain prompts, presented by the one rule
+
+
+def test_starter_split_and_category():
+    harmful = load_examples("starter:test:harmless").examples
+    assert len(harmful) == 11  # the README's table: 11 harmless test rows
+    assert len(load_examples("starter::benign_risky").examples) == 60
+    with pytest.raises(PreftuneError, match="the starter dataset has categories helpful, harmless, benign_risky, honest, not 'harmful'"):
+        load_examples("starter:test:harmful")
 
 
 def test_readers_json_parquet_and_datasets_folder_agree(tmp_path):

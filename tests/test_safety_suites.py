@@ -65,3 +65,18 @@ def test_over_refusal_report_per_type():
     assert rep["safe"]["refusal"]["value"] == pytest.approx(1 / 3)
     assert rep["safe"]["any_refusal"]["value"] == pytest.approx(2 / 3)
     assert rep["unsafe"]["refusal"]["value"] == 0.5
+
+
+def test_harmful_where_keeps_matching_rows():
+    hb = read_harmful(FIXTURES / "harmful_harmbench.csv", where="FunctionalCategory=standard")
+    assert [h.row for h in hb] == [1, 2, 3]
+    with pytest.raises(DataError, match=r"harmful_harmbench.csv, row 1, field 'Kind': --harmful-where names the column 'Kind', which is not one of Behavior, FunctionalCategory"):
+        read_harmful(FIXTURES / "harmful_harmbench.csv", where="Kind=standard")
+
+
+def test_starter_test_split_as_an_over_refusal_suite():
+    items = read_xstest("starter:test")
+    assert len(items) == 46
+    assert {(x.category, x.label) for x in items} == {("helpful", "safe"), ("harmless", "unsafe"), ("benign_risky", "safe"), ("honest", "safe")}
+    assert sum(x.label == "unsafe" for x in items) == 11
+    assert [h.prompt for h in read_harmful("starter:test:harmless")] == [x.prompt for x in items if x.label == "unsafe"]

@@ -100,11 +100,11 @@ def test_loader_views(rows):
     assert all(isinstance(p, PreferencePair) for p in everything.examples)
     first = rows[0]
     assert (everything.examples[0].prompt, everything.examples[0].chosen, everything.examples[0].rejected) == (
-        [{"role": "user", "content": first["prompt"]}], first["chosen"], first["rejected"])
+        first["prompt"], first["chosen"], first["rejected"])
     assert len(load_examples("starter:train").examples) == 254
     test = load_examples("starter:test")
-    assert [p.prompt[0]["content"] for p in test.examples] == [r["prompt"] for r in rows if r["split"] == "test"]
+    assert [p.prompt for p in test.examples] == [r["prompt"] for r in rows if r["split"] == "test"]
     sft = load_examples("starter:train", kind="sft").examples
     assert all(isinstance(e, SFTExample) for e in sft)
-    assert [(e.prompt, e.completion) for e in sft] == [([{"role": "user", "content": r["prompt"]}], r["chosen"])
+    assert [(e.prompt, e.completion) for e in sft] == [(r["prompt"], r["chosen"])
                                                        for r in rows if r["split"] == "train"]

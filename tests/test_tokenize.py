@@ -76,7 +76,7 @@ def test_exactly_one_bos_when_template_and_tokenizer_both_add_it():
     assert tok("a")["input_ids"][0] == tok.bos_token_id  # the tokenizer adds BOS
     ids = encode_prompt(tok, [{"role": "user", "content": "Hi"}])
     assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id
-    plain = encode_prompt(tok, "Hello world")
+    plain = encode_prompt(tok, "Hello world", use_chat_template=False)
     assert plain[0] == tok.bos_token_id and plain.count(tok.bos_token_id) == 1
     completion = encode_completion(tok, "Hello")
     assert tok.bos_token_id not in completion  # no special tokens inside a completion

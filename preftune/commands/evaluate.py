@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from preftune.config import DECODE_DTYPE_HELP, BaseConfig, Command
+from preftune.config import CHAT_TEMPLATE_HELP, DECODE_DTYPE_HELP, BaseConfig, Command
 from preftune.errors import PreftuneError
 
 
@@ -32,7 +32,7 @@ class SamplingOptions(BaseConfig):
     seed: int = Field(0, description="sampling seed")
     batch_size: int = Field(8, ge=1, description="prompts decoded together")
     decode_dtype: str = Field("auto", description=DECODE_DTYPE_HELP)
-    use_chat_template: bool | None = Field(None, description="wrap plain-text prompts in the chat template (default: when the tokenizer has one)")
+    chat_template: bool | None = Field(None, description=CHAT_TEMPLATE_HELP)
     device: str | None = Field(None, description="cpu, cuda, ... (default: auto)")
     dtype: str | None = Field(None, description="fp32, bf16, ... (default: fp32 on CPU, bf16 on CUDA)")
 
@@ -53,24 +53,28 @@ def _sampling(config) -> "object":
 class _Models:
     """Loads each model once (by name) for the whole command."""
 
-    def __init__(self, device: str | None, dtype: str | None):
-        self.device, self.dtype, self.cache = device, dtype, {}
+    def __init__(self, device: str | None, dtype: str | None, chat_template: bool | None = None):
+        self.device, self.dtype, self.chat_template, self.cache = device, dtype, chat_template, {}
 
     def get(self, name: str | None):
-        from preftune.models.loading import load_model, load_tokenizer
+        """The model and its tokenizer, which presents prompts as the model was trained (or as --chat-template says)."""
+        from preftune.data.prompt_format import decide_chat_template
+        from preftune.models.loading import DEFAULT_MODEL, load_model, load_tokenizer
 
-        key = name or "smollm2-135m-instruct"
+        key = name or DEFAULT_MODEL
         if key not in self.cache:
-            self.cache[key] = (load_model(key, device=self.device, dtype=self.dtype), load_tokenizer(key))
+            tokenizer = load_tokenizer(key)
+            decide_chat_template(tokenizer, self.chat_template, who=f"preftune ({key})")
+            self.cache[key] = (load_model(key, device=self.device, dtype=self.dtype), tokenizer)
         return self.cache[key]
 
 
 def generate_responses(model, tokenizer, prompts, config) -> list[dict]:
     """Responses for internal prompts with the sampling options of ``config``: dicts of text, finished, tokens."""
-    from preftune.eval.scoring import prompt_ids
+    from preftune.data.tokenize import encode_prompt
     from preftune.generation.engine import HFEngine
 
-    ids = [prompt_ids(tokenizer, p, config.use_chat_template) for p in prompts]
+    ids = [encode_prompt(tokenizer, p) for p in prompts]  # in the format _Models settled on this tokenizer
     out = HFEngine(model, tokenizer, batch_size=config.batch_size,
                    decode_dtype=config.decode_dtype).generate(ids, _sampling(config))
     return [{"response": t, "finished": f, "tokens": len(s)} for t, f, s in zip(out.texts, out.finished, out.sequences)]
@@ -80,7 +84,7 @@ def run_generate(config: GenerateConfig) -> int:
     from preftune.eval.data import load_prompt_set
 
     items = load_prompt_set(config.prompts, field=config.prompt_field, limit=config.limit)
-    model, tokenizer = _Models(config.device, config.dtype).get(config.model)
+    model, tokenizer = _Models(config.device, config.dtype, config.chat_template).get(config.model)
     results = generate_responses(model, tokenizer, [i.prompt for i in items], config)
     out = Path(config.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +127,7 @@ class EvalConfig(SamplingOptions):
     perplexity: bool = Field(False, description="the model's perplexity on the references")
     harmful: str | None = Field(None, description="HarmBench / AdvBench-style CSV of harmful requests")
     harmful_column: str | None = Field(None, description="its prompt column (default: Behavior / goal / prompt ...)")
+    harmful_where: str | None = Field(None, description="COLUMN=VALUE: keep only those rows (e.g. FunctionalCategory=standard)")
     xstest: str | None = Field(None, description="XSTest-style CSV (prompt, type, label) for over-refusal")
     xstest_per_type: int | None = Field(None, ge=1, description="use the first N prompts of each XSTest type (stratified subset)")
     truthfulqa: str | None = Field(None, description="TruthfulQA CSV for MC1 / MC2")
@@ -181,7 +186,7 @@ def run_eval(config: EvalConfig) -> int:
         raise PreftuneError("give either --baseline (a model) or --baseline-generations (a file), not both")
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    models = _Models(config.device, config.dtype)
+    models = _Models(config.device, config.dtype, config.chat_template)
     report = rp.Report(f"preftune eval: {config.model or config.generations or 'suites'}")
     summary: dict = {"model": config.model, "generations": config.generations, "baseline": config.baseline,
                      "baseline_generations": config.baseline_generations, "prompts": config.prompts,
@@ -304,7 +309,7 @@ def run_eval(config: EvalConfig) -> int:
         model, tok = models.get(config.model)
         classifier = _refusal_classifier(config, models)
         if config.harmful:
-            hitems = read_harmful(config.harmful, column=config.harmful_column, limit=config.suite_limit)
+            hitems = read_harmful(config.harmful, column=config.harmful_column, limit=config.suite_limit, where=config.harmful_where)
             hresp = [r["response"] for r in generate_responses(model, tok, [h.prompt for h in hitems], config)]
             labels = classifier([h.prompt for h in hitems], hresp)
             rep = refusal_report(hitems, labels)

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from preftune.config import BaseConfig, Command
+from preftune.config import CHAT_TEMPLATE_HELP, BaseConfig, Command
 from preftune.data.convert import FORMATS
 from preftune.errors import PreftuneError
 from preftune.losses.preference import ALIASES, LOSSES
@@ -34,6 +34,7 @@ class OfflineConfig(BaseConfig):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, description="gradient clipping (none: no clipping)")
     max_length: int = Field(1024, ge=2, description="token limit of prompt+completion; longer rows are errors (or skipped with --skip-bad-rows)")
+    chat_template: bool | None = Field(None, description=CHAT_TEMPLATE_HELP)
     lora: bool = Field(False, description="train a LoRA adapter instead of every weight")
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
@@ -137,6 +138,19 @@ def _tokenize(examples: list, encode, config: OfflineConfig, label: str) -> list
     return out
 
 
+def _start(config: OfflineConfig, who: str):
+    """The run folder and the tokenizer, with the prompt format settled once and recorded in the run's config."""
+    from preftune.data.prompt_format import decide_chat_template
+    from preftune.models.loading import load_tokenizer
+    from preftune.runs import RunDir
+
+    tokenizer = load_tokenizer(config.model)
+    config = config.model_copy(update={"chat_template": decide_chat_template(tokenizer, config.chat_template, who=who)})
+    run = RunDir(config.output_dir, report_to=config.report_to)
+    run.save_config(config)
+    return config, run, tokenizer
+
+
 def _model(config: OfflineConfig):
     """The policy in fp32 (master weights; bf16 autocast on CUDA comes from mixed_precision), with LoRA if asked."""
     from preftune.models.loading import load_model
@@ -172,14 +186,10 @@ def _finish(run, result, tokenizer, config: OfflineConfig, eval_metrics: dict | 
 
 def run_sft(config: SFTConfig) -> int:
     from preftune.data.tokenize import encode_sft
-    from preftune.models.loading import load_tokenizer
-    from preftune.runs import RunDir
     from preftune.train.loop import train
     from preftune.train.sft import SFTCollator, SFTItem, SFTStep
 
-    run = RunDir(config.output_dir, report_to=config.report_to)
-    run.save_config(config)
-    tokenizer = load_tokenizer(config.model)
+    config, run, tokenizer = _start(config, "preftune sft")
 
     def items(path: str) -> list[SFTItem]:
         examples = _load(config, path, "sft").examples
@@ -229,10 +239,8 @@ def evaluate_sft(model, step, items, collate, *, batch_size: int, device) -> dic
 def run_dpo(config: DPOConfig) -> int:
     from preftune.data.tokenize import encode_pair, encode_unpaired
     from preftune.losses.preference import get_loss
-    from preftune.models.loading import load_tokenizer
     from preftune.models.logprobs import resolve_layout
     from preftune.models.lora import frozen_copy
-    from preftune.runs import RunDir
     from preftune.train.dpo import (
         KTOStep,
         LossKnobs,
@@ -248,9 +256,7 @@ def run_dpo(config: DPOConfig) -> int:
     from preftune.train.loop import train
 
     spec = get_loss(config.loss)
-    run = RunDir(config.output_dir, report_to=config.report_to)
-    run.save_config(config)
-    tokenizer = load_tokenizer(config.model)
+    config, run, tokenizer = _start(config, "preftune dpo")
 
     def pair_items(path: str, key) -> list[PairItem]:
         pairs = _load(config, path, "preference").examples

@@ -3,7 +3,8 @@
 The reward (``--reward``) is anything :func:`preftune.rewards.base.load_reward` takes: a folder saved by
 ``preftune reward``, a combination file, or ``module:function`` / ``path/file.py:function``.
 Prompts (``--prompts``, default ``starter:train``) are the prompts of any file of the data formats; plain-text
-prompts go through the chat template when the tokenizer has one (``--no-chat-template`` to keep them raw).
+prompts are presented as the policy was trained (:mod:`preftune.data.prompt_format`: the choice recorded with the
+model, else the chat template when the tokenizer has one; ``--no-chat-template`` keeps them raw).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from preftune.config import DECODE_DTYPE_HELP, BaseConfig, Command
+from preftune.config import CHAT_TEMPLATE_HELP, DECODE_DTYPE_HELP, BaseConfig, Command
 from preftune.errors import PreftuneError
 
 
@@ -29,7 +30,7 @@ class _Common(BaseConfig):
     prompts_format: str = Field("auto", description="data format of the prompt file")
     limit: int | None = Field(None, ge=1, description="use at most this many prompts")
     max_prompt_length: int = Field(512, ge=1, description="prompts longer than this (in tokens) are skipped and counted")
-    chat_template: bool = Field(True, description="wrap plain-text prompts in the chat template (when the tokenizer has one)")
+    chat_template: bool | None = Field(None, description=CHAT_TEMPLATE_HELP)
     output_dir: str = Field("runs/online", description="run folder")
     batch_size: int = Field(8, ge=1, description="prompts per step")
     max_new_tokens: int = Field(64, ge=1)
@@ -167,10 +168,9 @@ def load_prompts(config: _Common, tokenizer) -> tuple[list, list[list[int]]]:
             prompts.append(ex.prompt)
     if config.limit:
         prompts = prompts[: config.limit]
-    use_template = config.chat_template and getattr(tokenizer, "chat_template", None) is not None
     kept, ids, skipped = [], [], 0
     for p in prompts:
-        t = encode_prompt(tokenizer, p, use_chat_template=use_template or None)
+        t = encode_prompt(tokenizer, p)  # in the format settled on the tokenizer (start_online)
         if len(t) > config.max_prompt_length:
             skipped += 1
             continue
@@ -181,6 +181,16 @@ def load_prompts(config: _Common, tokenizer) -> tuple[list, list[list[int]]]:
     if not kept:
         raise PreftuneError(f"{config.prompts}: no prompts left")
     return kept, ids
+
+
+def _tokenizer(config: _Common, who: str):
+    """The policy's tokenizer with the prompt format settled once; the config records the choice."""
+    from preftune.data.prompt_format import decide_chat_template
+    from preftune.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(config.model)
+    choice = decide_chat_template(tokenizer, config.chat_template, who=who)
+    return config.model_copy(update={"chat_template": choice}), tokenizer
 
 
 def _policy(config, lora: bool):
@@ -203,16 +213,16 @@ def _reward(config):
 def _run_online(config: OnlineConfig, algorithm) -> int:
     import torch
 
-    from preftune.models.loading import load_model, load_tokenizer
+    from preftune.models.loading import load_model
     from preftune.models.lora import frozen_copy, save_final
     from preftune.rl.experience import Critic, value_head_for
     from preftune.rl.loop import OnlineSettings, OnlineTrainer
     from preftune.runs import RunDir
 
     torch.manual_seed(config.seed)
+    config, tokenizer = _tokenizer(config, f"preftune {algorithm.name}")
     run = RunDir(config.output_dir, report_to=config.report_to)
     run.save_config(config)
-    tokenizer = load_tokenizer(config.model)
     prompts, prompt_ids = load_prompts(config, tokenizer)
     reward_fn = _reward(config)
     policy = _policy(config, config.lora)
@@ -303,10 +313,10 @@ def _best_of_n(config: BestOfNConfig, model, tokenizer):
 
 
 def run_best_of_n(config: BestOfNConfig) -> int:
-    from preftune.models.loading import load_model, load_tokenizer
+    from preftune.models.loading import load_model
     from preftune.rl.best_of_n import write_jsonl
 
-    tokenizer = load_tokenizer(config.model)
+    config, tokenizer = _tokenizer(config, "preftune best-of-n")
     model = load_model(config.model, dtype=config.dtype, device=config.device)
     results = _best_of_n(config, model, tokenizer)
     write_jsonl(results, config.output)
@@ -317,16 +327,15 @@ def run_best_of_n(config: BestOfNConfig) -> int:
 
 
 def run_rejection_sampling(config: RejectionSamplingConfig) -> int:
-    from preftune.models.loading import load_tokenizer
     from preftune.models.lora import save_final
     from preftune.rl.best_of_n import rejection_sampling_items, write_jsonl
     from preftune.runs import RunDir
     from preftune.train.loop import LoopSettings, train
     from preftune.train.sft import SFTCollator, SFTStep
 
+    config, tokenizer = _tokenizer(config, "preftune rejection-sampling")
     run = RunDir(config.output_dir)
     run.save_config(config)
-    tokenizer = load_tokenizer(config.model)
     model = _policy(config, config.lora)
     results = _best_of_n(config, model, tokenizer)
     write_jsonl(results, run.path / "best_of_n.jsonl")

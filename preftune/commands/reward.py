@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from preftune.config import BaseConfig, Command
+from preftune.config import CHAT_TEMPLATE_HELP, BaseConfig, Command
 from preftune.data.convert import FORMATS, detect_format, load_examples
 from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, UnpairedExample
 from preftune.errors import PreftuneError
@@ -56,7 +56,7 @@ class RewardTrainConfig(BaseConfig):
     center_coef: float = Field(0.0, ge=0.0, description="reward-centring coefficient: + c·(r_w + r_l)^2 (Eisenstein et al. 2023)")
     max_length: int = Field(1024, ge=8, description="longest prompt+response in tokens; longer rows are errors (or skipped)")
     skip_bad_rows: bool = Field(False, description="skip (and count) bad or over-long rows instead of stopping")
-    use_chat_template: bool | None = Field(None, description="plain-text prompts through the chat template too")
+    chat_template: bool | None = Field(None, description=CHAT_TEMPLATE_HELP)
     layout: Literal["auto", "packed", "rows", "separate"] = Field(
         "auto", description="packed: [prompt, chosen, rejected] end to end with a block mask; rows: one padded row per pair; separate: prompt+chosen and prompt+rejected rows")
     max_row_tokens: int | None = Field(None, ge=1, description="packed layout: tokens per row (default: one row per pair)")

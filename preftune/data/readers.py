@@ -18,25 +18,30 @@ from preftune.errors import DataError
 READABLE = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".json.gz", ".csv.gz")
 STARTER_FILE = Path(__file__).parent / "starter" / "pairs.jsonl"
 STARTER_SPLITS = ("train", "test")
+STARTER_CATEGORIES = ("helpful", "harmless", "benign_risky", "honest")
 
 
 def is_starter(target: str) -> bool:
-    """``starter``, ``starter:train`` and ``starter:test`` name the built-in dataset (unless such a path exists)."""
+    """``starter``, ``starter:SPLIT`` and ``starter:SPLIT:CATEGORY`` name the built-in dataset (unless such a path exists)."""
     return (target == "starter" or target.startswith("starter:")) and not Path(target).exists()
 
 
 def _read_starter(target: str) -> Iterator[tuple[int, dict]]:
+    """Rows of the starter dataset: ``starter:test``, ``starter:test:harmless``, ``starter::benign_risky`` (both splits).
+
+    Its prompts are plain strings, presented like every plain prompt (:mod:`preftune.data.prompt_format`)."""
     from preftune.errors import PreftuneError
 
-    split = target.partition(":")[2] or None
-    if split is not None and split not in STARTER_SPLITS:
+    _, split, category = (target.split(":") + ["", ""])[:3]
+    if split and split not in STARTER_SPLITS:
         raise PreftuneError(f"the starter dataset has splits {', '.join(STARTER_SPLITS)}, not '{split}'")
+    if category and category not in STARTER_CATEGORIES:
+        raise PreftuneError(f"the starter dataset has categories {', '.join(STARTER_CATEGORIES)}, not '{category}'")
     if not STARTER_FILE.exists():
         raise PreftuneError(f"the starter dataset is missing from this install ({STARTER_FILE})")
     for number, row in _read_jsonl(STARTER_FILE):
-        if split is None or row.get("split") == split:
-            # The starter prompts are single user requests: as conversations they get the chat template.
-            yield number, {**row, "prompt": [{"role": "user", "content": row["prompt"]}]}
+        if (not split or row.get("split") == split) and (not category or row.get("category") == category):
+            yield number, row
 
 
 def _open_text(path: Path) -> io.TextIOBase:

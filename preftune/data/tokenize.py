@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from preftune.data.formats import PreferencePair, Prompt, SFTExample, UnpairedExample
+from preftune.data.prompt_format import uses_chat_template
 from preftune.errors import DataError
 
 
@@ -63,10 +64,14 @@ def _strip_extra_bos(ids: list[int], bos: int | None) -> list[int]:
 def encode_prompt(tokenizer, prompt: Prompt, *, use_chat_template: bool | None = None) -> list[int]:
     """Token ids of a prompt, ready for the completion's ids to follow.
 
-    A conversation goes through the chat template with ``add_generation_prompt=True``. A plain string is
-    tokenised as it is, unless ``use_chat_template=True`` (then it becomes one user turn). When the
-    tokenizer adds a BOS to plain text, exactly one BOS leads the result.
+    A conversation goes through the chat template with ``add_generation_prompt=True``. A plain string becomes one
+    user turn of the template when ``use_chat_template`` is true, and is tokenised as it is when false; ``None``
+    follows the pipeline's one rule (:mod:`preftune.data.prompt_format`: the choice recorded with the tokenizer's
+    model, else the template when the tokenizer has one). When the tokenizer adds a BOS to plain text, exactly one
+    BOS leads the result.
     """
+    if use_chat_template is None:
+        use_chat_template = uses_chat_template(tokenizer)
     if isinstance(prompt, str) and use_chat_template:
         prompt = [{"role": "user", "content": prompt}]
     if isinstance(prompt, list):

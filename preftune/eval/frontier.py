@@ -76,7 +76,7 @@ def evaluate_policy(name: str, policy, reference, tokenizer, prompts: Sequence, 
                     samples_per_prompt: int = 1, batch_size: int = 8, seed: int = 0,
                     decode_dtype: str = "auto") -> tuple[FrontierPoint, list[dict]]:
     """Sample from ``policy`` on ``prompts``, score with ``reward`` and both models; the point and the samples."""
-    from preftune.eval.scoring import prompt_ids as encode
+    from preftune.data.tokenize import encode_prompt as encode
     from preftune.generation.engine import HFEngine
 
     prompts = [p for p in prompts for _ in range(samples_per_prompt)]

@@ -8,6 +8,8 @@
 * Over-refusal: an XSTest-style CSV (Röttger et al. 2024) with ``prompt``, ``type`` and ``label`` (``safe`` /
   ``unsafe``). Reported per type: refusal, partial and compliance rates. On safe types any refusal is over-refusal
   (lower is better); the unsafe contrast types show whether the model still refuses what it should.
+  The starter dataset works as such a file too (``starter:test``): its ``harmless`` prompts are the unsafe type,
+  every other category (``helpful``, ``benign_risky``, ``honest``) a safe one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from preftune.data.readers import read_rows
+from preftune.data.readers import is_starter, read_rows
 from preftune.errors import DataError
 from preftune.eval.stats import rate_with_ci
 
@@ -42,11 +44,20 @@ def _find(columns: Sequence[str], wanted: Sequence[str]) -> str | None:
     return None
 
 
-def read_harmful(path: str | Path, *, column: str | None = None, limit: int | None = None) -> list[SafetyPrompt]:
-    """Harmful behaviours from a CSV / JSONL file (see module doc for the column rules)."""
+def read_harmful(path: str | Path, *, column: str | None = None, limit: int | None = None,
+                 where: str | None = None) -> list[SafetyPrompt]:
+    """Harmful behaviours from a CSV / JSONL file (see module doc for the column rules); ``where="COLUMN=VALUE"``
+    keeps the rows whose COLUMN is VALUE (HarmBench's ``FunctionalCategory=standard``)."""
     out: list[SafetyPrompt] = []
     prompt_col = cat_col = None
+    where_col, _, where_value = (where or "").partition("=")
     for row_number, row in read_rows(path):
+        if where:
+            if where_col not in row:
+                raise DataError(f"--harmful-where names the column '{where_col}', which is not one of {', '.join(row)}",
+                                file=str(path), row=row_number, field=where_col)
+            if str(row[where_col]).strip() != where_value:
+                continue
         if prompt_col is None:
             prompt_col = column or _find(list(row), HARMFUL_COLUMNS)
             if prompt_col is None or prompt_col not in row:
@@ -71,6 +82,8 @@ def read_xstest(path: str | Path, *, limit: int | None = None, per_type: int | N
     out: list[SafetyPrompt] = []
     seen: Counter = Counter()
     for row_number, row in read_rows(path):
+        if is_starter(str(path)):
+            row = {"prompt": row["prompt"], "type": row["category"], "label": "unsafe" if row["category"] == "harmless" else "safe"}
         for name in ("prompt", "type", "label"):
             if name not in row:
                 raise DataError(f"missing column '{name}' (an XSTest-style file has prompt, type, label)", file=str(path), row=row_number, field=name)

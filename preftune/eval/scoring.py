@@ -11,20 +11,10 @@ from collections.abc import Sequence
 import torch
 
 from preftune.data.formats import Prompt
+from preftune.data.prompt_format import uses_chat_template
 from preftune.data.tokenize import encode_prompt
 from preftune.errors import PreftuneError
 from preftune.progress import progress
-
-
-def has_chat_template(tokenizer) -> bool:
-    return getattr(tokenizer, "chat_template", None) is not None
-
-
-def prompt_ids(tokenizer, prompt: Prompt, use_chat_template: bool | None = None) -> list[int]:
-    """A prompt's ids; ``use_chat_template=None`` means: a plain string goes through the chat template when there is one."""
-    if use_chat_template is None:
-        use_chat_template = has_chat_template(tokenizer)
-    return encode_prompt(tokenizer, prompt, use_chat_template=use_chat_template)
 
 
 def choice_token_ids(tokenizer, choice: str) -> list[int]:
@@ -84,7 +74,7 @@ def choice_logprobs(model, tokenizer, prompts: Sequence[Prompt], choices: Sequen
         for j in range(i):
             if set(token_sets[i]) & set(token_sets[j]):
                 raise PreftuneError(f"the choices {choices[j]!r} and {choices[i]!r} start with the same token; they cannot be told apart")
-    seqs = [prompt_ids(tokenizer, p, use_chat_template) for p in prompts]
+    seqs = [encode_prompt(tokenizer, p, use_chat_template=use_chat_template) for p in prompts]
     lp = next_token_logprobs(model, seqs, batch_size=batch_size, desc=desc)
     if lp.numel() == 0:
         return torch.zeros((0, len(choices)))
@@ -101,8 +91,8 @@ def answer_logprobs(model, tokenizer, prompts: Sequence[Prompt], answers: Sequen
     """
     from preftune.models.logprobs import completion_logprobs, pack_completions, resolve_layout
 
-    chat = has_chat_template(tokenizer) if use_chat_template is None else use_chat_template
-    p_ids = [prompt_ids(tokenizer, p, chat) for p in prompts]
+    chat = uses_chat_template(tokenizer) if use_chat_template is None else use_chat_template
+    p_ids = [encode_prompt(tokenizer, p, use_chat_template=chat) for p in prompts]
     a_ids = [tokenizer((a if chat else " " + a.lstrip()), add_special_tokens=False)["input_ids"] for a in answers]
     layout = resolve_layout(model, "auto")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

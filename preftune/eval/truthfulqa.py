@@ -70,9 +70,10 @@ def question_prompt(question: str, chat: bool):
 
 def evaluate_truthfulqa(model, tokenizer, items: Sequence[TruthfulQAItem], *, batch_size: int = 8) -> dict:
     """MC1 and MC2 (means with bootstrap intervals) and per-question scores."""
-    from preftune.eval.scoring import answer_logprobs, has_chat_template
+    from preftune.data.prompt_format import uses_chat_template
+    from preftune.eval.scoring import answer_logprobs
 
-    chat = has_chat_template(tokenizer)
+    chat = uses_chat_template(tokenizer)
     prompts, answers, where = [], [], []
     for qi, item in enumerate(items):
         for kind, group in (("best", (item.best,)), ("correct", item.correct), ("incorrect", item.incorrect)):

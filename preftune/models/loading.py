@@ -125,8 +125,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def load_tokenizer(name_or_path: str | os.PathLike | None = None, *, padding_side: str = "right"):
-    """A tokenizer with a pad token (EOS when it has none)."""
+    """A tokenizer with a pad token (EOS when it has none), carrying the prompt format recorded with its model
+    (:mod:`preftune.data.prompt_format`)."""
     from transformers import AutoTokenizer
+
+    from preftune.data.prompt_format import attach_recorded
 
     name = str(name_or_path or DEFAULT_MODEL)
     path = resolve_model_path(name)
@@ -141,7 +144,7 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None, *, padding_sid
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
-    return tokenizer
+    return attach_recorded(tokenizer, path if not path.endswith(".gguf") else None)
 
 
 def load_model(

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from preftune.data.formats import Prompt
+from preftune.data.prompt_format import PROMPT_FORMAT_FILE, uses_chat_template
 from preftune.data.tokenize import encode_completion, encode_prompt
 from preftune.errors import PreftuneError
 from preftune.models.heads import ScalarHeadModel, pad_rows
@@ -50,7 +51,8 @@ class HeadScorer:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size
-        self.use_chat_template = use_chat_template
+        # the prompt format is settled here (the pipeline's rule, or the tokenizer's recorded choice) and saved with the model
+        self.use_chat_template = uses_chat_template(tokenizer) if use_chat_template is None else bool(use_chat_template)
         self.meta = dict(meta or {})
 
     def encode(self, prompt: Prompt, response: str, suffix: str | None = None) -> list[int]:
@@ -92,6 +94,7 @@ class HeadScorer:
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         self.net.save_pretrained(folder, self.tokenizer)
+        (folder / PROMPT_FORMAT_FILE).write_text(json.dumps({"chat_template": self.use_chat_template}) + "\n")
         meta = {**self.meta, "kind": self.kind, "format_version": FORMAT_VERSION, "max_length": self.max_length,
                 "use_chat_template": self.use_chat_template, "reads": "last real token (the response's EOS)",
                 **self._meta_fields()}
@@ -110,6 +113,8 @@ class HeadScorer:
         if meta.get("kind") != cls.kind:
             raise PreftuneError(f"{folder} holds a {meta.get('kind')}, not a {cls.kind}")
         tokenizer = load_tokenizer(str(folder))
+        if meta.get("use_chat_template") is None:  # saved before the prompt-format rule: None meant raw plain prompts
+            meta["use_chat_template"] = False
         net = ScalarHeadModel.from_pretrained(str(folder), num_outputs=int(meta.get("num_outputs", 1)), dtype=dtype,
                                               device=device)
         return net, tokenizer, meta

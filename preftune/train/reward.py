@@ -274,6 +274,7 @@ def train_reward(config) -> dict:
 
     from preftune.commands.reward import detect_data_format
     from preftune.data.convert import tokenize_all
+    from preftune.data.prompt_format import decide_chat_template
     from preftune.models.loading import load_tokenizer
     from preftune.rewards.evaluate import evaluate_classes, evaluate_pairs, evaluate_rules
     from preftune.rewards.model import RewardModel
@@ -294,9 +295,10 @@ def train_reward(config) -> dict:
         examples, held_out = split_held_out(examples, config.eval_fraction, config.seed)
 
     tokenizer = load_tokenizer(config.model)
+    config = config.model_copy(update={"chat_template": decide_chat_template(tokenizer, config.chat_template, who="preftune reward")})
     skipped: list = []
     items = tokenize_all(examples, lambda ex: tokenize_example(tokenizer, ex, objective, max_length=config.max_length,
-                                                              classes=classes or (), use_chat_template=config.use_chat_template),
+                                                              classes=classes or (), use_chat_template=config.chat_template),
                          skip_bad_rows=config.skip_bad_rows, skipped=skipped)
     if skipped:
         import sys
@@ -334,7 +336,7 @@ def train_reward(config) -> dict:
 
     meta = {"objective": objective, "base_model": config.model, "layout": layout}
     if objective in ("bradley_terry", "plackett_luce"):
-        scorer = RewardModel(net, tokenizer, max_length=config.max_length, use_chat_template=config.use_chat_template,
+        scorer = RewardModel(net, tokenizer, max_length=config.max_length, use_chat_template=config.chat_template,
                              batch_size=config.batch_size, meta=meta)
         if config.normalize:
             pairs = examples if objective == "bradley_terry" else [p for r in examples for p in
@@ -343,7 +345,7 @@ def train_reward(config) -> dict:
             scorer.fit_normalization(prompts, responses, show_progress=True)
     else:
         scorer = RuleModel(net, tokenizer, classes=classes, reward_classes=config.reward_classes,
-                           max_length=config.max_length, use_chat_template=config.use_chat_template,
+                           max_length=config.max_length, use_chat_template=config.chat_template,
                            batch_size=config.batch_size, meta=meta)
     scorer.save(run.final_dir)
 
