@@ -17,6 +17,7 @@ from preftune.errors import PreftuneError
 # name -> ("module:attribute", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "data inspect": ("preftune.data.inspect:COMMAND", "Count rows, pairs and token lengths of a data file, with one example"),
+    "data mix": ("preftune.data.mix:COMMAND", "Mix data sources into one training file with a fixed held-out part of each"),
     "sft": ("preftune.commands.offline:SFT", "Instruction tuning (SFT) on demonstrations, full or LoRA"),
     "dpo": ("preftune.commands.offline:DPO", "Preference optimisation without RL: DPO, IPO, cDPO, SimPO, ORPO, CPO, KTO, ..."),
     "reward": ("preftune.commands.reward:TRAIN", "Train a reward model (Bradley-Terry, margins, Plackett-Luce) or a rule model"),
@@ -31,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reinforce": ("preftune.commands.online:REINFORCE", "REINFORCE with a baseline"),
     "best-of-n": ("preftune.commands.online:BEST_OF_N", "Sample N responses per prompt and keep the best by reward"),
     "rejection-sampling": ("preftune.commands.online:REJECTION_SAMPLING", "Sample, rank with the reward, fine-tune on the best (Llama 2)"),
+    "pipeline": ("preftune.pipeline:PIPELINE", "Run a recipe: preftune commands in order, resuming after the last finished stage"),
     "demo": ("preftune.commands.demo:DEMO", "The whole pipeline on the default model and the starter dataset, end to end"),
 }
 

@@ -75,7 +75,7 @@ def test_best_of_n_and_rejection_sampling(setup, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     for row in rows:
         assert len(row["rewards"]) == 3 and row["best_reward"] == max(row["rewards"])
-        assert row["best"] == row["responses"][row["rewards"].index(row["best_reward"])]
+        assert row["response"] == row["responses"][row["rewards"].index(row["best_reward"])]
     run = tmp_path / "rs"
     assert main(["rejection-sampling", "--model", str(setup / "model"), "--reward", f"{setup / 'rew.py'}:vowels",
                  "--prompts", FIXTURE_PROMPTS, "--n", "2", "--max-new-tokens", "6", "--output-dir", str(run),

@@ -63,8 +63,9 @@ def test_missing_sections_are_marked_not_run(tmp_path):
     r.add("summary", text="only a summary", data={"x": float("nan")})
     html_path, json_path = r.write(tmp_path)
     html = html_path.read_text()
-    assert html.count("(not run)") == len(rp.SECTIONS) - 1
-    assert "Not run: give --truthfulqa FILE.csv." in html
+    assert html.count("<section") == 2  # the summary and the closing list; no empty sections
+    assert "<li>TruthfulQA multiple choice: give --truthfulqa FILE.csv</li>" in html
+    assert html.count("<li>") == 1 + 1 + len(rp.SECTIONS) - 1  # nav: summary and "Not run"; one item per missing section
     data = json.loads(json_path.read_text())
     assert data["sections"]["summary"]["data"] == {"x": None}  # NaN becomes null: valid JSON
     assert data["sections"]["bbq"] is None and "bbq" in data["not_run"]

@@ -2,7 +2,8 @@
 and a JSON file with the same numbers.
 
 A :class:`Report` is a list of sections in a fixed order (:data:`SECTIONS`); each holds text, tables (lists of
-dicts) and images. A section nobody filled is still listed, marked "not run", so a reader sees what was left out.
+dicts) and images. Sections nobody filled are not drawn empty: one closing list names each with how to fill it, so
+a reader sees what was left out without scrolling past blanks.
 The ``plot_*`` functions return PNG bytes drawn with matplotlib's Agg backend.
 """
 
@@ -87,16 +88,18 @@ class Report:
         parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>",
                  f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(self.title)}</h1>",
                  f"<p class='meta'>written {html.escape(self.created)} by preftune</p><nav><ul>"]
+        missing = [(key, title, how) for key, title, how in SECTIONS if key not in self.sections]
         for key, title, _ in SECTIONS:
-            mark = "" if key in self.sections else " <span class='off'>(not run)</span>"
-            parts.append(f"<li><a href='#{key}'>{html.escape(title)}</a>{mark}</li>")
+            if key in self.sections:
+                parts.append(f"<li><a href='#{key}'>{html.escape(title)}</a></li>")
+        if missing:
+            parts.append("<li><a href='#not_run' class='off'>Not run</a></li>")
         parts.append("</ul></nav>")
         for key, title, how in SECTIONS:
             s = self.sections.get(key)
-            parts.append(f"<section id='{key}'><h2>{html.escape(title)}</h2>")
             if s is None:
-                parts.append(f"<p class='off'>Not run{': ' + html.escape(how) if how else ''}.</p></section>")
                 continue
+            parts.append(f"<section id='{key}'><h2>{html.escape(title)}</h2>")
             for para in filter(None, s.text.split("\n\n")):
                 parts.append(f"<p>{html.escape(para)}</p>")
             for caption, rows in s.tables:
@@ -106,6 +109,9 @@ class Report:
                 parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'/>"
                              f"<figcaption>{html.escape(caption)}</figcaption></figure>")
             parts.append("</section>")
+        if missing:
+            items = "".join(f"<li>{html.escape(title)}{': ' + html.escape(how) if how else ''}</li>" for _, title, how in missing)
+            parts.append(f"<section id='not_run' class='off'><h2>Not run</h2><ul>{items}</ul></section>")
         parts.append("</body></html>")
         return "\n".join(parts)
 

@@ -62,9 +62,13 @@ def best_of_n(model_or_engine, tokenizer, reward_fn, prompts: Sequence, prompt_i
 
 
 def write_jsonl(results: Sequence[BestOfN], path: str | Path) -> None:
-    with Path(path).open("w") as f:
+    """JSON lines of prompt, the best ``response`` (a generations file ``preftune eval --generations`` reads), its
+    reward, and every sampled response with its reward."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
         for r in results:
-            f.write(json.dumps({"prompt": r.prompt, "prompt_text": prompt_text(r.prompt), "best": r.best,
+            f.write(json.dumps({"prompt": r.prompt, "prompt_text": prompt_text(r.prompt), "response": r.best,
                                 "best_reward": r.best_reward, "responses": r.responses, "rewards": r.rewards}) + "\n")
 
 
