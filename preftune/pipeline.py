@@ -253,13 +253,16 @@ def _say(message: str) -> None:
 
 
 def run_recipe(recipe: Recipe, *, output_dir: str | None = None, variables: dict | None = None,
-               redo: list[str] | tuple[str, ...] = (), dry_run: bool = False) -> dict:
-    """Run the recipe's unfinished stages in order; returns the pipeline state (``pipeline.json``)."""
+               redo: list[str] | tuple[str, ...] = (), until: str | None = None, dry_run: bool = False) -> dict:
+    """Run the recipe's unfinished stages in order (up to ``until`` when given); returns the pipeline state
+    (``pipeline.json``)."""
     stages = resolve_stages(recipe, output_dir=output_dir, variables=variables)
     names = [s.name for s in stages]
-    for name in redo:
+    for option, name in [("--redo", n) for n in redo] + ([("--until", until)] if until else []):
         if name not in names:
-            raise PreftuneError(f"--redo {name}: recipe {recipe.path} has no such stage (stages: {', '.join(names)})")
+            raise PreftuneError(f"{option} {name}: recipe {recipe.path} has no such stage (stages: {', '.join(names)})")
+    if until:
+        stages = stages[: names.index(until) + 1]
     first_redo = min((names.index(n) for n in redo), default=len(names))
     root = Path(output_dir or recipe.output_dir)
     state_path = root / STATE_FILE
@@ -268,7 +271,7 @@ def run_recipe(recipe: Recipe, *, output_dir: str | None = None, variables: dict
     done = state.setdefault("stages", {})
     if not dry_run:
         root.mkdir(parents=True, exist_ok=True)
-    total = len(stages)
+    total = len(names)
     for i, stage in enumerate(stages):
         record = done.get(stage.name)
         finished = record is not None and record.get("status") == "finished" and i < first_redo
@@ -304,6 +307,7 @@ class PipelineConfig(BaseConfig):
     output_dir: str | None = Field(None, description="where the stages' run folders go (default: the recipe's output_dir)")
     set: list[str] | str = Field(default_factory=list, description="override recipe variables: --set model=NAME (or a YAML list of NAME=VALUE)")
     redo: list[str] | str = Field(default_factory=list, description="run this stage (a name, or a YAML list of names) and every later one again although they finished")
+    until: str | None = Field(None, description="stop after this stage (run the rest later: finished stages are skipped)")
     dry_run: bool = Field(False, description="print the stages' commands without running them")
 
 
@@ -314,7 +318,7 @@ def _as_list(value) -> list[str]:
 def run(config: PipelineConfig) -> int:
     recipe = load_recipe(config.recipe)
     state = run_recipe(recipe, output_dir=config.output_dir, variables=parse_assignments(_as_list(config.set)),
-                       redo=_as_list(config.redo), dry_run=config.dry_run)
+                       redo=_as_list(config.redo), until=config.until, dry_run=config.dry_run)
     if not config.dry_run:
         seconds = sum(s.get("seconds", 0) for s in state["stages"].values())
         print(f"pipeline {recipe.path.stem}: {len(state['stages'])} stages finished ({seconds:.0f} s of work) under "

@@ -18,18 +18,22 @@ def _rows(path):
 def test_mix_writes_rows_the_trainers_read_back(tmp_path):
     summary = mix(MixConfig(inputs=["tests/fixtures/data/pairs.jsonl", "starter:test:harmless"], test_fraction=0.3,
                             output_dir=str(tmp_path)))
-    assert [(s["name"], s["train"], s["test"]) for s in summary["sources"]] == [("pairs", 3, 0), ("starter-test-harmless", 9, 2)]
+    assert [(s["name"], s["train"], s["test"]) for s in summary["sources"]] == [("pairs", 3, 0), ("starter-test-harmless", 8, 3)]
     train, test = _rows(tmp_path / "train.jsonl"), _rows(tmp_path / "test.jsonl")
-    assert len(train) == 12 and _rows(tmp_path / "test-starter-test-harmless.jsonl") == test
+    assert len(train) == 11 and _rows(tmp_path / "test-starter-test-harmless.jsonl") == test
     first = next(r for r in train if r["source"] == "pairs" and r["prompt"] == "What is 2 + 2?")
     assert first == {"prompt": "What is 2 + 2?", "chosen": "It is 4.", "rejected": "It is 5.", "source": "pairs"}
     margin = next(r for r in train if r["source"] == "pairs" and r.get("margin") is not None)
     assert margin["prompt"] == [{"role": "user", "content": "Hello"}] and margin["margin"] == 2
     back = load_examples(tmp_path / "train.jsonl")  # read back as preference pairs, nothing lost
-    assert back.format == "preference" and len(back.examples) == 12 and back.skipped == []
+    assert back.format == "preference" and len(back.examples) == 11 and back.skipped == []
     # the held-out part is decided by each example's content: the same examples whatever else is mixed in
     alone = mix(MixConfig(inputs=["starter:test:harmless"], test_fraction=0.3, output_dir=str(tmp_path / "alone")))
-    assert alone["test"] == 2 and _rows(tmp_path / "alone" / "test.jsonl") == test
+    assert alone["test"] == 3 and _rows(tmp_path / "alone" / "test.jsonl") == test
+    # and a pair's SFT view (prompt, chosen) is held out with it: SFT never trains on a held-out pair's chosen side
+    sft = mix(MixConfig(inputs=["starter:test:harmless"], kind="sft", test_fraction=0.3, output_dir=str(tmp_path / "sft")))
+    assert [(r["prompt"], r["completion"]) for r in _rows(tmp_path / "sft" / "test.jsonl")] == [(r["prompt"], r["chosen"]) for r in test]
+    assert sft["test"] == 3
     assert all(held_out(r, 0, 0.3) for r in test) and not any(held_out(r, 0, 0.3) for r in train)
 
 

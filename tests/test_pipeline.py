@@ -128,3 +128,13 @@ def test_set_and_shipped_recipes(tmp_path):
         load_recipe("nope")
     for name in ("demo", "demo-quick"):  # every shipped recipe validates against the commands
         assert len(resolve_stages(load_recipe(name))) == len(demo.stages)
+
+
+def test_until_stops_after_a_stage_and_the_rest_runs_later(tmp_path, counted):
+    path = _recipe(tmp_path, TWO_STAGES.format(out=tmp_path / "runs"))
+    assert main(["pipeline", str(path), "--until", "sft"]) == 0
+    assert [c[0] for c in counted] == ["sft"]
+    assert main(["pipeline", str(path)]) == 0
+    assert [c[0] for c in counted] == ["sft", "dpo"]
+    with pytest.raises(PreftuneError, match=r"--until ppo: recipe .* has no such stage \(stages: sft, dpo\)"):
+        run_recipe(load_recipe(str(path)), until="ppo")

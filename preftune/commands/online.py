@@ -25,7 +25,7 @@ def _say(message: str) -> None:
 
 class _Common(BaseConfig):
     model: str = Field("smollm2-135m-instruct", description="policy to start from (normally the SFT model)")
-    reward: str = Field(..., description="reward: a reward-model folder, a combination .yaml/.json, or module:function")
+    reward: str | dict = Field(..., description="reward: a reward-model folder, a combination .yaml/.json (or the combination itself as a mapping), or module:function")
     prompts: str = Field("starter:train", description="prompt set: a data file (its prompts are used) or starter[:train|:test]")
     prompts_format: str = Field("auto", description="data format of the prompt file")
     limit: int | None = Field(None, ge=1, description="use at most this many prompts")

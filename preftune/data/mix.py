@@ -64,7 +64,8 @@ def _row(example) -> dict:
 
 def held_out(row: dict, seed: int, fraction: float) -> bool:
     """Is this example in the held-out part? Decided by its content and the seed alone (stable under reordering)."""
-    key = json.dumps({k: row[k] for k in ("prompt", "chosen", "completion") if k in row}, sort_keys=True)
+    # a pair and its SFT view (prompt, chosen) fall on the same side: the key is the prompt and the preferred text
+    key = json.dumps([row["prompt"], row.get("chosen", row.get("completion"))])
     digest = hashlib.sha256(f"{seed}\n{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
 
