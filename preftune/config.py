@@ -32,7 +32,7 @@ DECODE_DTYPE_HELP = ("weights of the decode steps: auto (bf16 copies on a CPU wi
                      "float32, bfloat16, model")
 
 
-#: the help of every command's --chat-template (see preftune/data/prompt_format.py)
+#: the help of every command's --chat-template (see preftune/models/prompt_format.py)
 CHAT_TEMPLATE_HELP = ("plain-text prompts become one user turn of the chat template (default: the choice recorded with the "
                       "model, else yes when the tokenizer has a template); --no-chat-template keeps them raw")
 

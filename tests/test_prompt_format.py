@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from preftune.cli import main
-from preftune.data.prompt_format import PROMPT_FORMAT_FILE, decide_chat_template, uses_chat_template
+from preftune.models.prompt_format import PROMPT_FORMAT_FILE, decide_chat_template, uses_chat_template
 from preftune.data.tokenize import encode_prompt
 from preftune.errors import PreftuneError
 

@@ -58,7 +58,7 @@ class _Models:
 
     def get(self, name: str | None):
         """The model and its tokenizer, which presents prompts as the model was trained (or as --chat-template says)."""
-        from preftune.data.prompt_format import decide_chat_template
+        from preftune.models.prompt_format import decide_chat_template
         from preftune.models.loading import DEFAULT_MODEL, load_model, load_tokenizer
 
         key = name or DEFAULT_MODEL

@@ -140,7 +140,7 @@ def _tokenize(examples: list, encode, config: OfflineConfig, label: str) -> list
 
 def _start(config: OfflineConfig, who: str):
     """The run folder and the tokenizer, with the prompt format settled once and recorded in the run's config."""
-    from preftune.data.prompt_format import decide_chat_template
+    from preftune.models.prompt_format import decide_chat_template
     from preftune.models.loading import load_tokenizer
     from preftune.runs import RunDir
 

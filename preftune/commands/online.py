@@ -3,7 +3,7 @@
 The reward (``--reward``) is anything :func:`preftune.rewards.base.load_reward` takes: a folder saved by
 ``preftune reward``, a combination file, or ``module:function`` / ``path/file.py:function``.
 Prompts (``--prompts``, default ``starter:train``) are the prompts of any file of the data formats; plain-text
-prompts are presented as the policy was trained (:mod:`preftune.data.prompt_format`: the choice recorded with the
+prompts are presented as the policy was trained (:mod:`preftune.models.prompt_format`: the choice recorded with the
 model, else the chat template when the tokenizer has one; ``--no-chat-template`` keeps them raw).
 """
 
@@ -185,7 +185,7 @@ def load_prompts(config: _Common, tokenizer) -> tuple[list, list[list[int]]]:
 
 def _tokenizer(config: _Common, who: str):
     """The policy's tokenizer with the prompt format settled once; the config records the choice."""
-    from preftune.data.prompt_format import decide_chat_template
+    from preftune.models.prompt_format import decide_chat_template
     from preftune.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(config.model)

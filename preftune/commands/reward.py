@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from preftune.config import CHAT_TEMPLATE_HELP, BaseConfig, Command
-from preftune.data.convert import FORMATS, detect_format, load_examples
+from preftune.data.convert import FORMATS, detect_data_format, load_examples
 from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, UnpairedExample
 from preftune.errors import PreftuneError
 
@@ -20,19 +20,6 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 # What each data format is read as, for scoring and evaluation.
 _KIND_OF_FORMAT = {"sft": "sft", "preference": "preference", "hh": "preference", "ranking": "ranking",
                    "correction": "preference", "unpaired": "unpaired", "rule": "rule"}
-
-
-def detect_data_format(path: str, format: str = "auto") -> str:
-    """The format of a data file (``format`` unless it is ``auto``; the starter dataset is ``preference``)."""
-    if format != "auto":
-        return format
-    if str(path) == "starter" or str(path).startswith("starter:"):
-        return "preference"
-    from preftune.data.readers import read_rows
-
-    for _, row in read_rows(path):
-        return detect_format(row, str(path))
-    raise PreftuneError(f"{path}: has no rows")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -398,3 +398,14 @@ def tokenize_all(examples: list, encode, *, skip_bad_rows: bool = False, skipped
             if skipped is not None:
                 skipped.append((ex.source, f"field '{err.field}' {err.reason}" if err.field else err.reason))
     return out
+
+
+def detect_data_format(path: str, format: str = "auto") -> str:
+    """The format of a data file (``format`` unless it is ``auto``; the starter dataset is ``preference``)."""
+    if format != "auto":
+        return format
+    if str(path) == "starter" or str(path).startswith("starter:"):
+        return "preference"
+    for _, row in read_rows(path):
+        return detect_format(row, str(path))
+    raise PreftuneError(f"{path}: has no rows")

@@ -29,7 +29,7 @@ def is_starter(target: str) -> bool:
 def _read_starter(target: str) -> Iterator[tuple[int, dict]]:
     """Rows of the starter dataset: ``starter:test``, ``starter:test:harmless``, ``starter::benign_risky`` (both splits).
 
-    Its prompts are plain strings, presented like every plain prompt (:mod:`preftune.data.prompt_format`)."""
+    Its prompts are plain strings, presented like every plain prompt (:mod:`preftune.models.prompt_format`)."""
     from preftune.errors import PreftuneError
 
     _, split, category = (target.split(":") + ["", ""])[:3]

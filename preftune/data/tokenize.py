@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from preftune.data.formats import PreferencePair, Prompt, SFTExample, UnpairedExample
-from preftune.data.prompt_format import uses_chat_template
+from preftune.models.prompt_format import uses_chat_template
 from preftune.errors import DataError
 
 
@@ -66,7 +66,7 @@ def encode_prompt(tokenizer, prompt: Prompt, *, use_chat_template: bool | None =
 
     A conversation goes through the chat template with ``add_generation_prompt=True``. A plain string becomes one
     user turn of the template when ``use_chat_template`` is true, and is tokenised as it is when false; ``None``
-    follows the pipeline's one rule (:mod:`preftune.data.prompt_format`: the choice recorded with the tokenizer's
+    follows the pipeline's one rule (:mod:`preftune.models.prompt_format`: the choice recorded with the tokenizer's
     model, else the template when the tokenizer has one). When the tokenizer adds a BOS to plain text, exactly one
     BOS leads the result.
     """

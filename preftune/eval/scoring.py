@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from preftune.data.formats import Prompt
-from preftune.data.prompt_format import uses_chat_template
+from preftune.models.prompt_format import uses_chat_template
 from preftune.data.tokenize import encode_prompt
 from preftune.errors import PreftuneError
 from preftune.progress import progress

@@ -126,10 +126,10 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 def load_tokenizer(name_or_path: str | os.PathLike | None = None, *, padding_side: str = "right"):
     """A tokenizer with a pad token (EOS when it has none), carrying the prompt format recorded with its model
-    (:mod:`preftune.data.prompt_format`)."""
+    (:mod:`preftune.models.prompt_format`)."""
     from transformers import AutoTokenizer
 
-    from preftune.data.prompt_format import attach_recorded
+    from preftune.models.prompt_format import attach_recorded
 
     name = str(name_or_path or DEFAULT_MODEL)
     path = resolve_model_path(name)

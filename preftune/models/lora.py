@@ -48,7 +48,7 @@ def save_final(model, tokenizer, path: str | Path, *, merge: bool = False) -> Pa
             raise PreftuneError("--merge only applies to LoRA training (use --lora)")
         model.save_pretrained(path)
     if tokenizer is not None:
-        from preftune.data.prompt_format import write_prompt_format
+        from preftune.models.prompt_format import write_prompt_format
 
         tokenizer.save_pretrained(path)
         write_prompt_format(path, tokenizer)

@@ -108,7 +108,7 @@ def evaluate_reward_model(config) -> dict:
     """Run ``preftune reward-eval`` (a :class:`~preftune.commands.reward.RewardEvalConfig`); returns the report dict."""
     import json
 
-    from preftune.commands.reward import detect_data_format
+    from preftune.data.convert import detect_data_format
     from preftune.rewards.model import RewardModel
     from preftune.rewards.rules import RuleModel, load_class_examples
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from preftune.data.formats import Prompt
-from preftune.data.prompt_format import PROMPT_FORMAT_FILE, uses_chat_template
+from preftune.models.prompt_format import PROMPT_FORMAT_FILE, uses_chat_template
 from preftune.data.tokenize import encode_completion, encode_prompt
 from preftune.errors import PreftuneError
 from preftune.models.heads import ScalarHeadModel, pad_rows

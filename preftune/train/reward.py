@@ -232,7 +232,7 @@ def load_training_examples(path: str, config, objective: str, *, limit: int | No
     """Examples for ``objective`` from ``path`` and the class list (``classes``); skipped rows are reported on stderr."""
     import sys
 
-    from preftune.commands.reward import detect_data_format
+    from preftune.data.convert import detect_data_format
     from preftune.data.convert import load_examples
     from preftune.rewards.rules import load_class_examples
 
@@ -272,9 +272,9 @@ def train_reward(config) -> dict:
     import json
     import time
 
-    from preftune.commands.reward import detect_data_format
+    from preftune.data.convert import detect_data_format
     from preftune.data.convert import tokenize_all
-    from preftune.data.prompt_format import decide_chat_template
+    from preftune.models.prompt_format import decide_chat_template
     from preftune.models.loading import load_tokenizer
     from preftune.rewards.evaluate import evaluate_classes, evaluate_pairs, evaluate_rules
     from preftune.rewards.model import RewardModel
