@@ -5,7 +5,7 @@ Layout of ``output_dir``::
     config.yaml          the resolved config of the run
     metrics.jsonl        one JSON object per logged step: {"step": n, "loss": ..., ...}
     checkpoints/step-N/  whatever the trainer saves to resume exactly (model, optimizer, scheduler, RNG, data position)
-    final/               the final model in Hugging Face format
+    final/               the final model in Hugging Face format, with a model card (README.md)
 """
 
 from __future__ import annotations
@@ -86,6 +86,32 @@ class RunDir:
     def latest_checkpoint(self) -> Path | None:
         found = self.checkpoints()
         return found[-1][1] if found else None
+
+    # -- the model card ---------------------------------------------------------------------------
+    def write_model_card(self, *, method: str, paper: str, base_model: str, data: dict[str, Any],
+                         metrics: dict[str, Any] | None = None, folder: str | Path | None = None) -> Path:
+        """``final/README.md``: what the model is and how it was made — base model, method and paper, the data with
+        counts, the resolved config (``config.yaml``), the last logged metrics (or ``metrics``), the preftune version.
+        The YAML front matter follows the Hugging Face model-card convention, so the hub shows it."""
+        from preftune import __version__
+
+        folder = Path(folder) if folder is not None else self.final_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        config = (self.path / "config.yaml").read_text() if (self.path / "config.yaml").exists() else ""
+        if metrics is None:
+            rows = read_metrics(self.metrics_path) if self.metrics_path.exists() else []
+            metrics = {k: v for row in rows for k, v in row.items()}  # the last value of every metric
+        front = yaml.safe_dump({"library_name": "transformers", "base_model": base_model,
+                                "tags": ["preftune", method.split()[0]]}, sort_keys=False)
+        lines = ["---", front.rstrip(), "---", "", f"# {self.path.name}", "",
+                 f"Trained with preftune {__version__}: **{method}** ({paper}) from `{base_model}`.", "", "## Data", ""]
+        lines += [f"- {k}: {v}" for k, v in data.items()]
+        lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_jsonable(v) if not isinstance(v, float) else f'{v:.6g}'} |" for k, v in metrics.items()]
+        lines += ["", "## Config", "", "```yaml", config.rstrip(), "```", ""]
+        path = folder / "README.md"
+        path.write_text("\n".join(lines))
+        return path
 
     def close(self) -> None:
         for writer in self._writers:

@@ -61,3 +61,25 @@ def test_a_later_stage_inherits_the_choice_of_the_model_it_starts_from(tmp_path,
     meta = json.loads((tmp_path / "rm" / "final" / "preftune_reward.json").read_text())
     assert meta["use_chat_template"] is True
     assert json.loads((tmp_path / "rm" / "final" / PROMPT_FORMAT_FILE).read_text()) == {"chat_template": True}
+
+
+def test_every_final_folder_has_a_model_card(tmp_path, chatml_tokenizer):
+    from preftune import __version__
+    from preftune.models.loading import tiny_model
+
+    base = tmp_path / "base"
+    tiny_model(len(chatml_tokenizer)).save_pretrained(base)
+    chatml_tokenizer.save_pretrained(base)
+    common = ["--data", "tests/fixtures/data/pairs.jsonl", "--max-steps", "1", "--batch-size", "2"]
+    assert main(["dpo", "--model", str(base), "--loss", "ipo", "--output-dir", str(tmp_path / "dpo"), *common]) == 0
+    card = (tmp_path / "dpo" / "final" / "README.md").read_text()
+    assert card.startswith(f"---\nlibrary_name: transformers\nbase_model: {base}\ntags:\n- preftune\n- dpo\n---\n")
+    assert f"Trained with preftune {__version__}: **dpo (loss ipo)** (IPO, Azar et al. 2023) from `{base}`." in card
+    assert "- training data: tests/fixtures/data/pairs.jsonl (3 pairs)\n- held-out data: none\n" in card
+    assert "| loss |" in card and "| step | 1 |" in card
+    assert "```yaml\nmodel: " in card and "loss: ipo\n" in card  # the resolved config
+    assert main(["reward", "--model", str(base), "--output-dir", str(tmp_path / "rm"), "--eval-data",
+                 "tests/fixtures/data/pairs.jsonl", *common]) == 0
+    card = (tmp_path / "rm" / "final" / "README.md").read_text()
+    assert "**reward model (bradley_terry)** (Bradley-Terry on preference pairs, Ouyang et al. 2022)" in card
+    assert "| eval/accuracy |" in card

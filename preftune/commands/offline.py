@@ -165,7 +165,8 @@ def _model(config: OfflineConfig):
     return model
 
 
-def _finish(run, result, tokenizer, config: OfflineConfig, eval_metrics: dict | None) -> int:
+def _finish(run, result, tokenizer, config: OfflineConfig, eval_metrics: dict | None, *, method: str, paper: str,
+            data: dict) -> int:
     from preftune.models.lora import save_final
 
     if eval_metrics:
@@ -176,6 +177,7 @@ def _finish(run, result, tokenizer, config: OfflineConfig, eval_metrics: dict | 
         _say("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
     if result.accelerator.is_main_process:
         path = save_final(result.model, tokenizer, run.final_dir, merge=config.merge)
+        run.write_model_card(method=method, paper=paper, base_model=config.model, data=data)
         _say(f"saved the final {'merged model' if config.merge else 'adapter' if config.lora else 'model'} to {path}")
     run.close()
     return 0
@@ -208,7 +210,10 @@ def run_sft(config: SFTConfig) -> int:
     if eval_items:
         eval_metrics = evaluate_sft(result.model, step, eval_items, collate, batch_size=config.eval_batch_size,
                                     device=result.accelerator.device)
-    return _finish(run, result, tokenizer, config, eval_metrics)
+    data = {"training data": f"{config.data} ({len(train_items)} examples)", "held-out data":
+            f"{eval_source} ({len(eval_items)} examples)" if eval_items else "none"}
+    return _finish(run, result, tokenizer, config, eval_metrics, method="sft" + (" (LoRA)" if config.lora else ""),
+                   paper="supervised fine-tuning on demonstrations, Ouyang et al. 2022", data=data)
 
 
 def evaluate_sft(model, step, items, collate, *, batch_size: int, device) -> dict[str, float]:
@@ -326,7 +331,10 @@ def run_dpo(config: DPOConfig) -> int:
     if eval_items and result.accelerator.is_main_process:
         eval_metrics = evaluate_pairs(result.model, eval_step, eval_items, pair_collate, batch_size=config.eval_batch_size,
                                       device=result.accelerator.device)
-    return _finish(run, result, tokenizer, config, eval_metrics)
+    data = {"training data": f"{config.data} ({len(train_items)} {'examples' if spec.unpaired else 'pairs'})",
+            "held-out data": f"{eval_source} ({len(eval_items)} pairs)" if eval_items else "none"}
+    return _finish(run, result, tokenizer, config, eval_metrics, method=f"dpo (loss {spec.name})" + (" (LoRA)" if config.lora else ""),
+                   paper=spec.paper, data=data)
 
 
 SFT = Command("sft", "Instruction tuning (SFT) on demonstrations, full or LoRA", SFTConfig, run_sft,

@@ -183,6 +183,10 @@ def load_prompts(config: _Common, tokenizer) -> tuple[list, list[list[int]]]:
     return kept, ids
 
 
+_PAPERS = {"ppo": "PPO with a per-token KL penalty, Ziegler et al. 2019; Ouyang et al. 2022",
+           "rloo": "RLOO, Ahmadian et al. 2024", "grpo": "GRPO, Shao et al. 2024", "reinforce": "REINFORCE, Williams 1992"}
+
+
 def _tokenizer(config: _Common, who: str):
     """The policy's tokenizer with the prompt format settled once; the config records the choice."""
     from preftune.models.prompt_format import decide_chat_template
@@ -261,6 +265,10 @@ def _run_online(config: OnlineConfig, algorithm) -> int:
                             critic=critic, ptx_data=ptx)
     last = trainer.train()
     path = save_final(policy, tokenizer, run.final_dir)
+    run.write_model_card(method=algorithm.name + (" (LoRA)" if config.lora else ""), paper=_PAPERS.get(algorithm.name, ""),
+                         base_model=config.model, data={"prompts": f"{config.prompts} ({len(prompts)} prompts)",
+                                                        "reward": json.dumps(config.reward) if isinstance(config.reward, dict) else config.reward,
+                                                        "steps": config.steps})
     if value_head is not None:
         from safetensors.torch import save_file
 

@@ -363,6 +363,13 @@ def train_reward(config) -> dict:
             report = evaluate_classes(scorer, held_out)
         summary["eval"] = report
         (run.path / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    run.write_model_card(method=f"reward model ({objective})", paper={
+        "bradley_terry": "Bradley-Terry on preference pairs, Ouyang et al. 2022", "plackett_luce": "Plackett-Luce on rankings",
+        "rule": "a Sparrow-style rule model, Glaese et al. 2022"}.get(objective, "a classifier on labelled responses"),
+        base_model=config.model, data={"training data": f"{config.data} ({len(items)} examples)",
+                                       "held-out data": f"{config.eval_data or f'{config.eval_fraction:.0%} of the training data'} "
+                                                        f"({len(held_out)} examples)" if held_out else "none"},
+        metrics={**result.last_metrics, **{f"eval/{k}": v for k, v in summary.get("eval", {}).items() if isinstance(v, (int, float))}})
     if scorer.kind == "reward_model":
         summary["normalization"] = {"mean": scorer.mean, "std": scorer.std, "count": scorer.count}
     run.close()
