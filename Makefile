@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
+	$(VENV)/bin/ruff check preftune tests bench
 	$(PY) -m pytest -q
 
 test-slow: install

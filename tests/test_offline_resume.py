@@ -46,7 +46,6 @@ def test_resume_gives_the_uninterrupted_curve(setup, tmp_path, command, extra):
 
 
 def test_gradient_accumulation_equals_a_larger_batch(setup, tmp_path):
-    import torch
     from safetensors.torch import load_file
 
     # in fp32 on any device: under bf16 autocast (the default on a GPU) the two summation orders round differently,

@@ -22,7 +22,6 @@ rejected → undesirable); rankings and corrections give pairs.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
