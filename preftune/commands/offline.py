@@ -9,14 +9,14 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from preftune.config import BaseConfig, Command
-from preftune.data.convert import FORMATS
+from preftune.data.convert import FORMATS, ReadOptions
 from preftune.errors import PreftuneError
 from preftune.losses.preference import ALIASES, LOSSES
 
 LossName = Literal[tuple(LOSSES) + tuple(ALIASES)]  # type: ignore[valid-type]
 
 
-class OfflineConfig(BaseConfig):
+class OfflineConfig(BaseConfig, ReadOptions):
     """Options shared by every offline trainer."""
 
     model: str = Field("smollm2-135m-instruct", description="model to train: hub id, local folder, GGUF file or the default")
@@ -119,7 +119,8 @@ def _load(config: OfflineConfig, path: str, kind: str):
     from preftune.data.convert import load_examples
 
     result = load_examples(path, config.format if path == config.data else "auto", kind=kind,
-                           skip_bad_rows=config.skip_bad_rows, limit=config.limit if path == config.data else None)
+                           skip_bad_rows=config.skip_bad_rows, limit=config.limit if path == config.data else None,
+                           options=ReadOptions.of(config))
     if result.skipped:
         _say(f"{path}: {result.skip_summary()}")
     return result

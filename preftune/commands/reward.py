@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from preftune.config import BaseConfig, Command
-from preftune.data.convert import FORMATS, detect_format, load_examples
+from preftune.data.convert import FORMATS, ReadOptions, detect_format, load_examples
 from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, UnpairedExample
 from preftune.errors import PreftuneError
 
@@ -19,7 +19,8 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 # What each data format is read as, for scoring and evaluation.
 _KIND_OF_FORMAT = {"sft": "sft", "preference": "preference", "hh": "preference", "ranking": "ranking",
-                   "correction": "preference", "unpaired": "unpaired", "rule": "rule"}
+                   "correction": "preference", "unpaired": "unpaired", "rule": "rule", "oasst": "ranking",
+                   "ratings": "preference", "scored": "preference", "jailbreak": "rule"}
 
 
 def detect_data_format(path: str, format: str = "auto") -> str:
@@ -39,7 +40,7 @@ def detect_data_format(path: str, format: str = "auto") -> str:
 # preftune reward
 
 
-class RewardTrainConfig(BaseConfig):
+class RewardTrainConfig(BaseConfig, ReadOptions):
     data: str = Field("starter:train", description="training data: pairs, rankings, corrections (any preference format), "
                                                    "rule labels, or class labels; starter[:train] for the built-in dataset")
     output_dir: str = Field("runs/reward", description="run folder: config.yaml, metrics.jsonl, checkpoints/, final/")
@@ -110,7 +111,7 @@ TRAIN = Command(
 # preftune reward-eval
 
 
-class RewardEvalConfig(BaseConfig):
+class RewardEvalConfig(BaseConfig, ReadOptions):
     model: str = Field(description="a reward or rule model folder saved by preftune reward (or OUTPUT_DIR/final)")
     data: str = Field(description="preference pairs, rankings, corrections or rule labels; starter:test for the built-in split")
     format: Literal[FORMATS] = Field("auto", description="data format; auto detects it from the first row")
@@ -148,7 +149,7 @@ EVAL = Command(
 # preftune score
 
 
-class ScoreConfig(BaseConfig):
+class ScoreConfig(BaseConfig, ReadOptions):
     model: str = Field(description="a reward: model folder, rule model folder (with --rule), combination .yaml/.json, or module:function")
     data: str = Field(description="any data file of the supported formats (or starter[:train|:test])")
     format: Literal[FORMATS] = Field("auto", description="data format; auto detects it from the first row")
@@ -203,13 +204,14 @@ def score_file(config: ScoreConfig) -> list[dict]:
     from preftune.rewards.rules import RuleModel
 
     fmt = detect_data_format(config.data, config.format)
-    loaded = load_examples(config.data, fmt, kind=_KIND_OF_FORMAT[fmt], skip_bad_rows=config.skip_bad_rows, limit=config.limit)
+    loaded = load_examples(config.data, fmt, kind=_KIND_OF_FORMAT[fmt], skip_bad_rows=config.skip_bad_rows, limit=config.limit,
+                           options=ReadOptions.of(config))
     if loaded.skipped:
         print(f"preftune score: {loaded.skip_summary()}", file=sys.stderr)
     items = scoring_items(loaded.examples)
     extra = {"batch_size": config.batch_size} if Path(config.model).is_dir() else {}
     reward = load_reward(config.model, **extra)
-    per_item_rule = isinstance(reward, RuleModel) and reward.rule is None and fmt == "rule"
+    per_item_rule = isinstance(reward, RuleModel) and reward.rule is None and fmt in ("rule", "jailbreak")
     if isinstance(reward, RuleModel) and config.rule is not None:
         reward = reward.for_rule(config.rule)
     elif isinstance(reward, RuleModel) and not per_item_rule and not reward.multiclass:

@@ -221,7 +221,7 @@ class RewardStep:
 def resolve_objective(config, fmt: str) -> str:
     if config.objective != "auto":
         return config.objective
-    if fmt == "rule":
+    if fmt in ("rule", "jailbreak"):
         return "rule"
     if config.classes:
         return "classes"
@@ -233,14 +233,14 @@ def load_training_examples(path: str, config, objective: str, *, limit: int | No
     import sys
 
     from preftune.commands.reward import detect_data_format
-    from preftune.data.convert import load_examples
+    from preftune.data.convert import ReadOptions, load_examples
     from preftune.rewards.rules import load_class_examples
 
     if objective == "classes":
         return load_class_examples(path, label_field=config.label_field, classes=config.classes, limit=limit)
     fmt = detect_data_format(path, config.format)
     kind = {"bradley_terry": "preference", "plackett_luce": "ranking", "rule": "rule"}[objective]
-    loaded = load_examples(path, fmt, kind=kind, skip_bad_rows=config.skip_bad_rows, limit=limit)
+    loaded = load_examples(path, fmt, kind=kind, skip_bad_rows=config.skip_bad_rows, limit=limit, options=ReadOptions.of(config))
     if loaded.skipped:
         print(f"preftune reward: {path}: {loaded.skip_summary()}", file=sys.stderr)
     return loaded.examples, None
