@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from preftune.config import BaseConfig, Command
-from preftune.data.convert import FORMATS, ReadOptions, detect_format, load_examples
+from preftune.data.convert import FORMATS, ReadOptions, detect_file_format, load_examples
 from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, UnpairedExample
 from preftune.errors import PreftuneError
 
@@ -25,15 +25,7 @@ _KIND_OF_FORMAT = {"sft": "sft", "preference": "preference", "hh": "preference",
 
 def detect_data_format(path: str, format: str = "auto") -> str:
     """The format of a data file (``format`` unless it is ``auto``; the starter dataset is ``preference``)."""
-    if format != "auto":
-        return format
-    if str(path) == "starter" or str(path).startswith("starter:"):
-        return "preference"
-    from preftune.data.readers import read_rows
-
-    for _, row in read_rows(path):
-        return detect_format(row, str(path))
-    raise PreftuneError(f"{path}: has no rows")
+    return detect_file_format(path, format)
 
 
 # ---------------------------------------------------------------------------------------------------

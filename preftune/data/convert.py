@@ -267,7 +267,10 @@ def _margin(row: dict, source: Source) -> float | None:
 
 
 def pair_from_row(row: dict, source: Source) -> PreferencePair:
-    if "prompt" not in row and isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):
+    conversations = isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list)
+    # Whole conversations share their prompt turns; a `prompt` beside them (HuggingFaceH4/ultrafeedback_binarized) repeats
+    # the last user turn, so the shared turns are the prompt.
+    if conversations and ("prompt" not in row or len(row["chosen"]) > 1 or len(row["rejected"]) > 1):
         prompt, chosen, rejected = _implicit_prompt(_messages(row["chosen"], "chosen", source),
                                                     _messages(row["rejected"], "rejected", source), source)
         for name, text in (("chosen", chosen), ("rejected", rejected)):
@@ -387,6 +390,18 @@ def detect_format(row: dict, file: str) -> str:
         return "sft"
     raise DataError(f"cannot tell the format from the fields {sorted(keys)}; name it with --format "
                     f"(one of {', '.join(FORMATS[1:])})", file=file, row=1)
+
+
+def detect_file_format(path: str | Path, format: str = "auto") -> str:
+    """The format of a data file: ``format`` unless it is ``auto``, else detected from its first row (the starter
+    dataset is ``preference``)."""
+    if format != "auto":
+        return format
+    if str(path) == "starter" or str(path).startswith("starter:"):
+        return "preference"
+    for _, row in read_rows(path):
+        return detect_format(row, str(path))
+    raise DataError("has no rows", file=str(path))
 
 
 def convert_row(row: dict, source: Source, format: str, kind: str, options: ReadOptions | None = None) -> list:
