@@ -74,7 +74,8 @@ def inspect_data(config: InspectConfig) -> dict:
     example = result.examples[0] if result.examples else None
     counts = {"rows": result.rows, "examples": len(result.examples), "skipped": len(result.skipped)}
     if kind == "preference":
-        counts["prompts"] = len({json.dumps(e.prompt, sort_keys=True) for e in result.examples})
+        if fmt in ("oasst", "ranking", "ratings"):  # several pairs a prompt
+            counts["prompts"] = len({json.dumps(e.prompt, sort_keys=True) for e in result.examples})
         counts["pairs"] = len(result.examples)
         if fmt in ("oasst", "ranking"):  # the rankings the pairs come from
             counts["rankings"] = len(load_examples(config.path, fmt, kind="ranking", skip_bad_rows=not config.strict,
