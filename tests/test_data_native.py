@@ -266,8 +266,11 @@ def test_ratings_that_are_not_numbers(tmp_path):
 def test_weights_flag_syntax():
     from preftune.errors import ConfigError
     from preftune.config import build_config
-    from preftune.commands.reward import RewardTrainConfig
+    from preftune.commands.reward import TRAIN, RewardTrainConfig
+    from preftune.config import parse_args
 
+    config = parse_args(TRAIN, ["--weights", "helpfulness=1,verbosity=-0.5", "--binarize", "all_pairs", "--lang", "de"])
+    assert ReadOptions.of(config) == ReadOptions(weights={"helpfulness": 1, "verbosity": -0.5}, binarize="all_pairs", lang="de")
     assert build_config(RewardTrainConfig, {"weights": "helpfulness=1, verbosity=-0.5"}).weights == {"helpfulness": 1.0, "verbosity": -0.5}
     with pytest.raises(ConfigError) as info:
         build_config(RewardTrainConfig, {"weights": "helpfulness"}, where="preftune reward")

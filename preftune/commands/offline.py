@@ -9,14 +9,15 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from preftune.config import BaseConfig, Command
-from preftune.data.convert import FORMATS, ReadOptions
+from preftune.data.convert import FORMATS, ReadOptions, with_read_options
 from preftune.errors import PreftuneError
 from preftune.losses.preference import ALIASES, LOSSES
 
 LossName = Literal[tuple(LOSSES) + tuple(ALIASES)]  # type: ignore[valid-type]
 
 
-class OfflineConfig(BaseConfig, ReadOptions):
+@with_read_options
+class OfflineConfig(BaseConfig):
     """Options shared by every offline trainer."""
 
     model: str = Field("smollm2-135m-instruct", description="model to train: hub id, local folder, GGUF file or the default")

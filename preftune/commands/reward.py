@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from preftune.config import BaseConfig, Command
-from preftune.data.convert import FORMATS, ReadOptions, detect_file_format, load_examples
+from preftune.data.convert import FORMATS, ReadOptions, detect_file_format, load_examples, with_read_options
 from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, UnpairedExample
 from preftune.errors import PreftuneError
 
@@ -32,7 +32,8 @@ def detect_data_format(path: str, format: str = "auto") -> str:
 # preftune reward
 
 
-class RewardTrainConfig(BaseConfig, ReadOptions):
+@with_read_options
+class RewardTrainConfig(BaseConfig):
     data: str = Field("starter:train", description="training data: pairs, rankings, corrections (any preference format), "
                                                    "rule labels, or class labels; starter[:train] for the built-in dataset")
     output_dir: str = Field("runs/reward", description="run folder: config.yaml, metrics.jsonl, checkpoints/, final/")
@@ -103,7 +104,8 @@ TRAIN = Command(
 # preftune reward-eval
 
 
-class RewardEvalConfig(BaseConfig, ReadOptions):
+@with_read_options
+class RewardEvalConfig(BaseConfig):
     model: str = Field(description="a reward or rule model folder saved by preftune reward (or OUTPUT_DIR/final)")
     data: str = Field(description="preference pairs, rankings, corrections or rule labels; starter:test for the built-in split")
     format: Literal[FORMATS] = Field("auto", description="data format; auto detects it from the first row")
@@ -141,7 +143,8 @@ EVAL = Command(
 # preftune score
 
 
-class ScoreConfig(BaseConfig, ReadOptions):
+@with_read_options
+class ScoreConfig(BaseConfig):
     model: str = Field(description="a reward: model folder, rule model folder (with --rule), combination .yaml/.json, or module:function")
     data: str = Field(description="any data file of the supported formats (or starter[:train|:test])")
     format: Literal[FORMATS] = Field("auto", description="data format; auto detects it from the first row")

@@ -34,9 +34,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, create_model
 
 from preftune.data.formats import (
     PreferencePair,
@@ -73,6 +73,24 @@ _PRODUCES = {
 GROUPED_FORMATS = ("oasst", "ratings")
 
 
+def _parse_weights(value: Any) -> Any:
+    """``"helpfulness=1,verbosity=-0.5"`` (a flag's text) → ``{"helpfulness": 1.0, "verbosity": -0.5}``."""
+    if not isinstance(value, str):
+        return value
+    weights = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, eq, number = part.partition("=")
+        try:
+            weights[name.strip()] = float(number)
+        except ValueError:
+            raise ValueError(f"expected attribute=number pairs separated by commas, got '{part}'") from None
+        if not eq or not name.strip():
+            raise ValueError(f"expected attribute=number pairs separated by commas, got '{part}'")
+    if not weights:
+        raise ValueError("no attribute=number pairs")
+    return weights
+
+
 class ReadOptions(BaseModel):
     """How the native formats of public datasets become examples (every data-reading command's flags)."""
 
@@ -84,29 +102,10 @@ class ReadOptions(BaseModel):
     min_gap: float = Field(0.0, ge=0.0, description="ratings: a pair's rating gap must be at least this (and always > 0)")
     rating_field: str | None = Field(None, description="ratings: the rating that orders responses (default: UltraFeedback "
                                                        "fine-grained_score, HelpSteer helpfulness, else rating)")
-    weights: dict[str, float] | None = Field(None, description="ratings: order by a weighted sum of attributes instead, "
+    weights: Annotated[dict[str, float] | None, BeforeValidator(_parse_weights)] = Field(None, description="ratings: order by a weighted sum of attributes instead, "
                                                                "e.g. helpfulness=1,verbosity=-0.5")
     binarize_seed: int = Field(0, description="ratings: seed of best_vs_random's choice (per prompt, so a --limit keeps it)")
     min_score_ratio: float = Field(2.0, ge=1.0, description="scored (SHP): keep pairs whose score ratio is at least this")
-
-    @field_validator("weights", mode="before")
-    @classmethod
-    def _parse_weights(cls, value: Any) -> Any:
-        """``"helpfulness=1,verbosity=-0.5"`` (a flag's text) → ``{"helpfulness": 1.0, "verbosity": -0.5}``."""
-        if not isinstance(value, str):
-            return value
-        weights = {}
-        for part in filter(None, (p.strip() for p in value.split(","))):
-            name, eq, number = part.partition("=")
-            try:
-                weights[name.strip()] = float(number)
-            except ValueError:
-                raise ValueError(f"expected attribute=number pairs separated by commas, got '{part}'") from None
-            if not eq or not name.strip():
-                raise ValueError(f"expected attribute=number pairs separated by commas, got '{part}'")
-        if not weights:
-            raise ValueError("no attribute=number pairs")
-        return weights
 
     def languages(self) -> set[str] | None:
         """The kept language codes (None: all)."""
@@ -115,8 +114,15 @@ class ReadOptions(BaseModel):
 
     @classmethod
     def of(cls, config: Any) -> ReadOptions:
-        """The read options of a command's config (a config class that inherits :class:`ReadOptions`)."""
+        """The read options of a command's config (a class made by :func:`with_read_options`)."""
         return cls(**{name: getattr(config, name) for name in cls.model_fields if hasattr(config, name)})
+
+
+def with_read_options(config_cls: type[BaseModel]) -> type[BaseModel]:
+    """A command's config class with :class:`ReadOptions`' fields added after its own (so ``--help`` lists them last)."""
+    fields = {name: (info.annotation, info) for name, info in ReadOptions.model_fields.items()}
+    return create_model(config_cls.__name__, __base__=config_cls, __module__=config_cls.__module__,
+                        __doc__=config_cls.__doc__, **fields)
 
 
 class RowDropped(Exception):

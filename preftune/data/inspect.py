@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from preftune.config import BaseConfig, Command
-from preftune.data.convert import FORMATS, ReadOptions, detect_file_format, load_examples
+from preftune.data.convert import FORMATS, ReadOptions, detect_file_format, load_examples, with_read_options
 from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, UnpairedExample
 from preftune.data.tokenize import encode_completion, encode_prompt
 from preftune.progress import progress
@@ -20,7 +20,8 @@ _KIND_OF_FORMAT = {"sft": "sft", "preference": "preference", "hh": "preference",
                    "ratings": "preference", "scored": "preference", "jailbreak": "rule"}
 
 
-class InspectConfig(BaseConfig, ReadOptions):
+@with_read_options
+class InspectConfig(BaseConfig):
     path: str = Field(description="a data file (.jsonl[.gz], .json, .csv, .parquet), a saved datasets folder, a hub id, or starter[:train|:test]")
     format: Literal[FORMATS] = Field("auto", description="data format; auto detects it from the first row")
     tokenizer: str = Field("smollm2-135m-instruct", description="tokenizer for the length statistics")
