@@ -398,3 +398,11 @@ def test_real_jailbreakbench_pair_vicuna():
     # README: 82 rows with a prompt, 69 jailbroken
     assert result.rows == 100 and len(result.examples) == 82 and len(result.skipped) == 18
     assert Counter(e.followed for e in result.examples) == {False: 69, True: 13}
+
+
+def test_real_jailbreakbench_folders():
+    """A folder of artifact files reads as one data set (README: 237 PAIR rows with a prompt, 174 jailbroken)."""
+    pair = load_examples(shared_data("jailbreakbench_artifacts/PAIR/black_box"), kind="rule")
+    assert (pair.rows, len(pair.examples), sum(not e.followed for e in pair.examples)) == (400, 237, 174)
+    gcg = load_examples(shared_data("jailbreakbench_artifacts/GCG/transfer"), kind="rule")
+    assert (gcg.rows, len(gcg.examples), sum(not e.followed for e in gcg.examples), gcg.skipped) == (200, 200, 51, [])

@@ -219,7 +219,9 @@ def _score(item: Rated, options: ReadOptions) -> float:
 def _ultrafeedback_items(row: dict, source: Source) -> tuple[list[dict], list[Rated]]:
     prompt = _user(_text(row, "instruction", source))
     items = []
-    completions = row["completions"]
+    completions = row.get("completions")
+    if not isinstance(completions, list):
+        raise DataError("expected a list of rated completions", file=source.file, row=source.row, field="completions")
     for i, c in enumerate(completions):
         where = f"completions[{i}]"
         if not isinstance(c, dict):
