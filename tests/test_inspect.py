@@ -42,3 +42,30 @@ def test_inspect_hh_real_data(capsys, default_tokenizer):
     assert report["counts"] == {"rows": 1800, "examples": 1798, "skipped": 2, "pairs": 1798}
     assert [s["row"] for s in report["skipped_rows"]] == [276, 1173]
     assert report["token_lengths"]["prompt+completion"]["count"] == 2 * 1798
+
+
+def test_inspect_oasst_reports_prompts_rankings_pairs_and_skips(capsys, default_tokenizer):
+    assert cli.main(["data", "inspect", str(DATA / "oasst_messages.jsonl"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "oasst"
+    assert report["counts"] == {"rows": 15, "examples": 5, "skipped": 5, "prompts": 3, "rankings": 3, "pairs": 5}
+    assert report["skipped_rows"] == [
+        {"row": 11, "reason": "unranked reply: in no ranking (its replies are still read)"},
+        {"row": 13, "reason": "deleted message"}, {"row": 1, "reason": "language 'de' not in --lang en"},
+        {"row": 10, "reason": "failed review"}, {"row": 5, "reason": "reply to a dropped message"}]
+    assert cli.main(["data", "inspect", str(DATA / "oasst_messages.jsonl"), "--lang", "all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["pairs"] == 7
+
+
+def test_inspect_real_oasst1(capsys, default_tokenizer):
+    from conftest import shared_data
+
+    path = shared_data("oasst1/oasst1_en_validation.jsonl.gz")
+    assert cli.main(["data", "inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "(format: oasst, examples: preference)" in out
+    assert "rows: 1946   examples: 985   prompts: 401   rankings: 401   pairs: 985   skipped: 135" in out
+    assert ("skipped 135 of 1946 rows: 48 × unranked reply: in no ranking (its replies are still read), 40 × failed "
+            "review, 25 × deleted message, 15 × reply to a dropped message, 3 × field 'parent_id' the parent message is "
+            "not in the file, 3 × the only ranked reply to its message: nothing to compare, 1 × the same text as a "
+            "better-ranked reply to its message: in no ranking") in out

@@ -9,13 +9,14 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from preftune.config import CHAT_TEMPLATE_HELP, BaseConfig, Command
-from preftune.data.convert import FORMATS
+from preftune.data.convert import FORMATS, ReadOptions, with_read_options
 from preftune.errors import PreftuneError
 from preftune.losses.preference import ALIASES, LOSSES
 
 LossName = Literal[tuple(LOSSES) + tuple(ALIASES)]  # type: ignore[valid-type]
 
 
+@with_read_options
 class OfflineConfig(BaseConfig):
     """Options shared by every offline trainer."""
 
@@ -120,7 +121,8 @@ def _load(config: OfflineConfig, path: str, kind: str):
     from preftune.data.convert import load_examples
 
     result = load_examples(path, config.format if path == config.data else "auto", kind=kind,
-                           skip_bad_rows=config.skip_bad_rows, limit=config.limit if path == config.data else None)
+                           skip_bad_rows=config.skip_bad_rows, limit=config.limit if path == config.data else None,
+                           options=ReadOptions.of(config))
     if result.skipped:
         _say(f"{path}: {result.skip_summary()}")
     return result

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from preftune.config import CHAT_TEMPLATE_HELP, BaseConfig, Command
-from preftune.data.convert import FORMATS, detect_data_format, load_examples
+from preftune.data.convert import FORMATS, ReadOptions, detect_file_format, load_examples, with_read_options
 from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, UnpairedExample
 from preftune.errors import PreftuneError
 
@@ -19,13 +19,15 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 # What each data format is read as, for scoring and evaluation.
 _KIND_OF_FORMAT = {"sft": "sft", "preference": "preference", "hh": "preference", "ranking": "ranking",
-                   "correction": "preference", "unpaired": "unpaired", "rule": "rule"}
+                   "correction": "preference", "unpaired": "unpaired", "rule": "rule", "oasst": "ranking",
+                   "ratings": "preference", "scored": "preference", "jailbreak": "rule"}
 
 
 # ---------------------------------------------------------------------------------------------------
 # preftune reward
 
 
+@with_read_options
 class RewardTrainConfig(BaseConfig):
     data: str = Field("starter:train", description="training data: pairs, rankings, corrections (any preference format), "
                                                    "rule labels, or class labels; starter[:train] for the built-in dataset")
@@ -97,6 +99,7 @@ TRAIN = Command(
 # preftune reward-eval
 
 
+@with_read_options
 class RewardEvalConfig(BaseConfig):
     model: str = Field(description="a reward or rule model folder saved by preftune reward (or OUTPUT_DIR/final)")
     data: str = Field(description="preference pairs, rankings, corrections or rule labels; starter:test for the built-in split")
@@ -135,6 +138,7 @@ EVAL = Command(
 # preftune score
 
 
+@with_read_options
 class ScoreConfig(BaseConfig):
     model: str = Field(description="a reward: model folder, rule model folder (with --rule), combination .yaml/.json, or module:function")
     data: str = Field(description="any data file of the supported formats (or starter[:train|:test])")
@@ -189,14 +193,15 @@ def score_file(config: ScoreConfig) -> list[dict]:
     from preftune.rewards.model import RewardModel
     from preftune.rewards.rules import RuleModel
 
-    fmt = detect_data_format(config.data, config.format)
-    loaded = load_examples(config.data, fmt, kind=_KIND_OF_FORMAT[fmt], skip_bad_rows=config.skip_bad_rows, limit=config.limit)
+    fmt = detect_file_format(config.data, config.format)
+    loaded = load_examples(config.data, fmt, kind=_KIND_OF_FORMAT[fmt], skip_bad_rows=config.skip_bad_rows, limit=config.limit,
+                           options=ReadOptions.of(config))
     if loaded.skipped:
         print(f"preftune score: {loaded.skip_summary()}", file=sys.stderr)
     items = scoring_items(loaded.examples)
     extra = {"batch_size": config.batch_size} if Path(config.model).is_dir() else {}
     reward = load_reward(config.model, **extra)
-    per_item_rule = isinstance(reward, RuleModel) and reward.rule is None and fmt == "rule"
+    per_item_rule = isinstance(reward, RuleModel) and reward.rule is None and fmt in ("rule", "jailbreak")
     if isinstance(reward, RuleModel) and config.rule is not None:
         reward = reward.for_rule(config.rule)
     elif isinstance(reward, RuleModel) and not per_item_rule and not reward.multiclass:

@@ -12,12 +12,19 @@ Formats (``format=``):
 ``correction`` ``prompt`` + ``chosen`` + ``rejected`` + ``corrected`` → corrected ≻ chosen, corrected ≻ rejected, chosen ≻ rejected
 ``unpaired``   ``prompt`` + ``completion`` + ``label`` (true = desirable), as KTO uses
 ``rule``       ``prompt`` + ``response`` + ``rule`` + ``followed`` (true/false)
+``oasst``      OpenAssistant messages, a flat table (``message_id``, ``parent_id``, ``role``, ``text``, ``rank``, …) or
+               nested trees (``message_tree_id`` + ``prompt`` with ``replies``) → rankings of sibling replies
+``ratings``    several rated responses per prompt: UltraFeedback (``instruction`` + ``completions``), HelpSteer
+               (``prompt`` + ``response`` + helpfulness, …; rows grouped by prompt), or ``prompt`` + ``response`` + ``rating``
+``scored``     Stanford SHP: ``history`` + ``human_ref_A``/``human_ref_B`` + ``score_A``/``score_B`` → the higher-scored one
+``jailbreak``  JailbreakBench attack artifacts: ``goal`` + ``prompt`` + ``response`` + ``jailbroken`` → rule rows
 ``auto``       detected from the first row's fields
 ============  ==========================================================================================
 
 Kinds (``kind=``) are what the caller needs: ``sft``, ``preference``, ``unpaired``, ``rule`` or ``ranking``.
 Preference data also gives SFT examples (prompt + chosen) and unpaired ones (chosen → desirable,
-rejected → undesirable); rankings and corrections give pairs.
+rejected → undesirable); rankings and corrections give pairs. The native formats of public datasets (``oasst``,
+``ratings``, ``scored``, ``jailbreak``) are read by :mod:`preftune.data.native`, with the choices in :class:`ReadOptions`.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, Field, create_model
 
 from preftune.data.formats import (
     PreferencePair,
@@ -40,7 +49,8 @@ from preftune.data.formats import (
 from preftune.data.readers import read_rows
 from preftune.errors import DataError, PreftuneError
 
-FORMATS = ("auto", "sft", "preference", "hh", "ranking", "correction", "unpaired", "rule")
+FORMATS = ("auto", "sft", "preference", "hh", "ranking", "correction", "unpaired", "rule", "oasst", "ratings", "scored",
+           "jailbreak")
 KINDS = ("sft", "preference", "unpaired", "rule", "ranking")
 
 # Which formats can produce which kinds.
@@ -52,7 +62,74 @@ _PRODUCES = {
     "correction": {"preference", "sft"},
     "unpaired": {"unpaired", "sft"},
     "rule": {"rule"},
+    "oasst": {"preference", "sft", "ranking"},
+    "ratings": {"preference", "sft"},
+    "scored": {"preference", "sft", "unpaired", "ranking"},
+    "jailbreak": {"rule"},
 }
+
+# Formats whose examples come from several rows (a message table, rated rows of one prompt): read whole, then converted.
+GROUPED_FORMATS = ("oasst", "ratings")
+
+
+def _parse_weights(value: Any) -> Any:
+    """``"helpfulness=1,verbosity=-0.5"`` (a flag's text) → ``{"helpfulness": 1.0, "verbosity": -0.5}``."""
+    if not isinstance(value, str):
+        return value
+    weights = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, eq, number = part.partition("=")
+        try:
+            weights[name.strip()] = float(number)
+        except ValueError:
+            raise ValueError(f"expected attribute=number pairs separated by commas, got '{part}'") from None
+        if not eq or not name.strip():
+            raise ValueError(f"expected attribute=number pairs separated by commas, got '{part}'")
+    if not weights:
+        raise ValueError("no attribute=number pairs")
+    return weights
+
+
+class ReadOptions(BaseModel):
+    """How the native formats of public datasets become examples (every data-reading command's flags)."""
+
+    lang: str = Field("en", description="oasst: keep messages in these languages (comma-separated codes, or 'all'); "
+                                        "others are dropped and counted")
+    binarize: Literal["best_vs_random", "best_vs_worst", "all_pairs"] = Field(
+        "best_vs_random", description="ratings: best vs a random lower-rated one (Zephyr, UltraFeedback-binarized), "
+                                      "best vs worst, or all pairs whose rating gap is at least --min-gap")
+    min_gap: float = Field(0.0, ge=0.0, description="ratings: a pair's rating gap must be at least this (and always > 0)")
+    rating_field: str | None = Field(None, description="ratings: the rating that orders responses (default: UltraFeedback "
+                                                       "fine-grained_score, HelpSteer helpfulness, else rating)")
+    weights: Annotated[dict[str, float] | None, BeforeValidator(_parse_weights)] = Field(None, description="ratings: order by a weighted sum of attributes instead, "
+                                                               "e.g. helpfulness=1,verbosity=-0.5")
+    binarize_seed: int = Field(0, description="ratings: seed of best_vs_random's choice (per prompt, so a --limit keeps it)")
+    min_score_ratio: float = Field(2.0, ge=1.0, description="scored (SHP): keep pairs whose score ratio is at least this")
+
+    def languages(self) -> set[str] | None:
+        """The kept language codes (None: all)."""
+        codes = {c.strip() for c in self.lang.split(",") if c.strip()}
+        return None if not codes or "all" in codes else codes
+
+    @classmethod
+    def of(cls, config: Any) -> ReadOptions:
+        """The read options of a command's config (a class made by :func:`with_read_options`)."""
+        return cls(**{name: getattr(config, name) for name in cls.model_fields if hasattr(config, name)})
+
+
+def with_read_options(config_cls: type[BaseModel]) -> type[BaseModel]:
+    """A command's config class with :class:`ReadOptions`' fields added after its own (so ``--help`` lists them last)."""
+    fields = {name: (info.annotation, info) for name, info in ReadOptions.model_fields.items()}
+    return create_model(config_cls.__name__, __base__=config_cls, __module__=config_cls.__module__,
+                        __doc__=config_cls.__doc__, **fields)
+
+
+class RowDropped(Exception):
+    """A row a format's rule leaves out (not an error): always counted in ``LoadResult.skipped`` with its reason."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass
@@ -195,7 +272,10 @@ def _margin(row: dict, source: Source) -> float | None:
 
 
 def pair_from_row(row: dict, source: Source) -> PreferencePair:
-    if "prompt" not in row and isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):
+    conversations = isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list)
+    # Whole conversations share their prompt turns; a `prompt` beside them (HuggingFaceH4/ultrafeedback_binarized) repeats
+    # the last user turn, so the shared turns are the prompt.
+    if conversations and ("prompt" not in row or len(row["chosen"]) > 1 or len(row["rejected"]) > 1):
         prompt, chosen, rejected = _implicit_prompt(_messages(row["chosen"], "chosen", source),
                                                     _messages(row["rejected"], "rejected", source), source)
         for name, text in (("chosen", chosen), ("rejected", rejected)):
@@ -294,6 +374,11 @@ def rule_from_row(row: dict, source: Source) -> RuleExample:
 
 def detect_format(row: dict, file: str) -> str:
     keys = set(row)
+    from preftune.data.native import detect_native
+
+    native = detect_native(row)
+    if native is not None:
+        return native
     if {"rule", "followed"} <= keys:
         return "rule"
     if "corrected" in keys:
@@ -312,8 +397,26 @@ def detect_format(row: dict, file: str) -> str:
                     f"(one of {', '.join(FORMATS[1:])})", file=file, row=1)
 
 
-def convert_row(row: dict, source: Source, format: str, kind: str) -> list:
-    """One row in ``format`` → the examples of ``kind`` it gives (a list: rankings and corrections give several)."""
+def detect_file_format(path: str | Path, format: str = "auto") -> str:
+    """The format of a data file: ``format`` unless it is ``auto``, else detected from its first row (the starter
+    dataset is ``preference``)."""
+    if format != "auto":
+        return format
+    if str(path) == "starter" or str(path).startswith("starter:"):
+        return "preference"
+    for _, row in read_rows(path):
+        return detect_format(row, str(path))
+    raise DataError("has no rows", file=str(path))
+
+
+def convert_row(row: dict, source: Source, format: str, kind: str, options: ReadOptions | None = None) -> list:
+    """One row in ``format`` → the examples of ``kind`` it gives (a list: rankings and corrections give several).
+
+    Raises :class:`DataError` for a bad row and :class:`RowDropped` for a row the format's rule leaves out."""
+    if format in ("scored", "jailbreak"):
+        from preftune.data.native import convert_native_row
+
+        return convert_native_row(row, source, format, kind, options or ReadOptions())
     if format == "rule":
         return [rule_from_row(row, source)]
     if format == "unpaired":
@@ -346,14 +449,17 @@ def convert_row(row: dict, source: Source, format: str, kind: str) -> list:
 
 
 def load_examples(path: str | Path, format: str = "auto", *, kind: str = "preference", skip_bad_rows: bool = False,
-                  limit: int | None = None, split: str | None = None) -> LoadResult:
+                  limit: int | None = None, split: str | None = None, options: ReadOptions | None = None) -> LoadResult:
     """Read ``path`` in ``format`` and return the examples of ``kind``.
 
     ``path`` is a file, a folder of files, a saved ``datasets`` folder, a hub dataset id, or ``starter``,
     ``starter:train``, ``starter:test`` (the built-in starter dataset). A bad row raises :class:`DataError`
     naming file, row and field; with ``skip_bad_rows=True`` it is skipped and counted in ``LoadResult.skipped``.
-    ``limit`` stops after that many rows.
+    ``limit`` stops after that many rows. Rows a format's rule leaves out (an OpenAssistant message marked
+    deleted, an SHP pair under the score ratio, …) are always counted in ``skipped`` with their reason.
+    ``options`` holds the native formats' choices (:class:`ReadOptions`).
     """
+    options = options or ReadOptions()
     if format not in FORMATS:
         raise PreftuneError(f"unknown data format '{format}' (choose from {', '.join(FORMATS)})")
     if kind not in KINDS:
@@ -362,6 +468,7 @@ def load_examples(path: str | Path, format: str = "auto", *, kind: str = "prefer
     rows = read_rows(path, split=split)
     examples: list = []
     skipped: list[tuple[Source, str]] = []
+    grouped: list[tuple[int, dict]] = []
     count = 0
     for number, row in rows:
         if limit is not None and count >= limit:
@@ -373,15 +480,31 @@ def load_examples(path: str | Path, format: str = "auto", *, kind: str = "prefer
         if kind not in _PRODUCES[format]:
             raise PreftuneError(f"{file_label}: '{format}' data cannot give {kind} examples "
                                 f"(it gives: {', '.join(sorted(_PRODUCES[format]))})")
+        if format in GROUPED_FORMATS:
+            grouped.append((number, row))
+            continue
         try:
-            examples.extend(convert_row(row, source, format, kind))
+            examples.extend(convert_row(row, source, format, kind, options))
+        except RowDropped as dropped:
+            skipped.append((source, dropped.reason))
         except DataError as err:
             if not skip_bad_rows:
                 raise
-            skipped.append((source, f"field '{err.field}' {err.reason}" if err.field else err.reason))
+            skipped.append((source, skip_reason(err)))
     if count == 0:
         raise DataError("has no rows", file=file_label)
+    if grouped:
+        from preftune.data.native import convert_grouped
+
+        group_examples, group_skipped = convert_grouped(grouped, file_label, format, kind, options, skip_bad_rows=skip_bad_rows)
+        examples.extend(group_examples)
+        skipped.extend(group_skipped)
     return LoadResult(examples, count, skipped, format, file_label)
+
+
+def skip_reason(err: DataError) -> str:
+    """The reason recorded for a skipped bad row: its field and what is wrong with it."""
+    return f"field '{err.field}' {err.reason}" if err.field else err.reason
 
 
 def tokenize_all(examples: list, encode, *, skip_bad_rows: bool = False, skipped: list | None = None) -> list:
@@ -397,14 +520,3 @@ def tokenize_all(examples: list, encode, *, skip_bad_rows: bool = False, skipped
             if skipped is not None:
                 skipped.append((ex.source, f"field '{err.field}' {err.reason}" if err.field else err.reason))
     return out
-
-
-def detect_data_format(path: str, format: str = "auto") -> str:
-    """The format of a data file (``format`` unless it is ``auto``; the starter dataset is ``preference``)."""
-    if format != "auto":
-        return format
-    if str(path) == "starter" or str(path).startswith("starter:"):
-        return "preference"
-    for _, row in read_rows(path):
-        return detect_format(row, str(path))
-    raise PreftuneError(f"{path}: has no rows")

@@ -9,16 +9,18 @@ from typing import Literal
 from pydantic import Field
 
 from preftune.config import BaseConfig, Command
-from preftune.data.convert import FORMATS, load_examples
+from preftune.data.convert import FORMATS, ReadOptions, detect_file_format, load_examples, with_read_options
 from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, UnpairedExample
 from preftune.data.tokenize import encode_completion, encode_prompt
 from preftune.progress import progress
 
 # The kind of examples inspected for each format (what the data is for).
 _KIND_OF_FORMAT = {"sft": "sft", "preference": "preference", "hh": "preference", "ranking": "preference",
-                   "correction": "preference", "unpaired": "unpaired", "rule": "rule"}
+                   "correction": "preference", "unpaired": "unpaired", "rule": "rule", "oasst": "preference",
+                   "ratings": "preference", "scored": "preference", "jailbreak": "rule"}
 
 
+@with_read_options
 class InspectConfig(BaseConfig):
     path: str = Field(description="a data file (.jsonl[.gz], .json, .csv, .parquet), a saved datasets folder, a hub id, or starter[:train|:test]")
     format: Literal[FORMATS] = Field("auto", description="data format; auto detects it from the first row")
@@ -54,11 +56,10 @@ def _fields(example) -> dict[str, list]:
 def inspect_data(config: InspectConfig) -> dict:
     from preftune.models.loading import load_tokenizer
 
-    probe = load_examples(config.path, config.format, kind="rule" if config.format == "rule" else "preference",
-                          skip_bad_rows=True, limit=1) if config.format == "auto" else None
-    fmt = probe.format if probe is not None else config.format
+    options = ReadOptions.of(config)
+    fmt = detect_file_format(config.path, config.format)
     kind = _KIND_OF_FORMAT[fmt]
-    result = load_examples(config.path, fmt, kind=kind, skip_bad_rows=not config.strict, limit=config.limit)
+    result = load_examples(config.path, fmt, kind=kind, skip_bad_rows=not config.strict, limit=config.limit, options=options)
     tokenizer = load_tokenizer(config.tokenizer)
     lengths: dict[str, list[int]] = {}
     totals: list[int] = []
@@ -74,7 +75,12 @@ def inspect_data(config: InspectConfig) -> dict:
     example = result.examples[0] if result.examples else None
     counts = {"rows": result.rows, "examples": len(result.examples), "skipped": len(result.skipped)}
     if kind == "preference":
+        if fmt in ("oasst", "ranking", "ratings"):  # several pairs a prompt
+            counts["prompts"] = len({json.dumps(e.prompt, sort_keys=True) for e in result.examples})
         counts["pairs"] = len(result.examples)
+        if fmt in ("oasst", "ranking"):  # the rankings the pairs come from
+            counts["rankings"] = len(load_examples(config.path, fmt, kind="ranking", skip_bad_rows=not config.strict,
+                                                   limit=config.limit, options=options).examples)
     return {
         "path": str(config.path),
         "format": fmt,
@@ -103,8 +109,9 @@ def _print_text(report: dict) -> None:
     c = report["counts"]
     print(f"{report['path']}  (format: {report['format']}, examples: {report['kind']})")
     line = f"rows: {c['rows']}   examples: {c['examples']}"
-    if "pairs" in c:
-        line += f"   pairs: {c['pairs']}"
+    for name in ("prompts", "rankings", "pairs"):
+        if name in c:
+            line += f"   {name}: {c[name]}"
     print(line + f"   skipped: {c['skipped']}")
     if report["skipped_rows"]:
         print(report["skip_summary"])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from preftune.data.convert import load_examples
+from preftune.data.convert import ReadOptions, load_examples
 from preftune.data.formats import PreferencePair, RuleExample
 from preftune.errors import PreftuneError
 from preftune.losses.reward import binary_ece, pairwise_accuracy, pairwise_ece
@@ -108,7 +108,7 @@ def evaluate_reward_model(config) -> dict:
     """Run ``preftune reward-eval`` (a :class:`~preftune.commands.reward.RewardEvalConfig`); returns the report dict."""
     import json
 
-    from preftune.data.convert import detect_data_format
+    from preftune.data.convert import detect_file_format
     from preftune.rewards.model import RewardModel
     from preftune.rewards.rules import RuleModel, load_class_examples
 
@@ -117,10 +117,11 @@ def evaluate_reward_model(config) -> dict:
     series: dict = {}
     if meta.get("kind") == "reward_model":
         model = RewardModel.load(config.model, batch_size=config.batch_size)
-        fmt = detect_data_format(config.data, config.format)
-        if fmt == "rule":
+        fmt = detect_file_format(config.data, config.format)
+        if fmt in ("rule", "jailbreak"):
             raise PreftuneError(f"{config.data} holds rule labels; a reward model is evaluated on preference data")
-        loaded = load_examples(config.data, fmt, kind="preference", skip_bad_rows=config.skip_bad_rows, limit=config.limit)
+        loaded = load_examples(config.data, fmt, kind="preference", skip_bad_rows=config.skip_bad_rows, limit=config.limit,
+                               options=ReadOptions.of(config))
         report, series = evaluate_pairs(model, loaded.examples, n_bins=config.n_bins)
         title, xlabel = "Rewards of chosen and rejected responses", "reward" + (" (normalised)" if model.count else "")
     elif meta.get("kind") == "rule_model":
@@ -129,11 +130,11 @@ def evaluate_reward_model(config) -> dict:
             examples, _ = load_class_examples(config.data, classes=model.classes, limit=config.limit)
             report = evaluate_classes(model, examples)
         else:
-            fmt = detect_data_format(config.data, config.format)
-            if fmt != "rule":
+            fmt = detect_file_format(config.data, config.format)
+            if fmt not in ("rule", "jailbreak"):
                 raise PreftuneError(f"{config.data} is '{fmt}' data; a rule model is evaluated on rule data "
                                     "(prompt, response, rule, followed)")
-            loaded = load_examples(config.data, "rule", kind="rule", skip_bad_rows=config.skip_bad_rows, limit=config.limit)
+            loaded = load_examples(config.data, fmt, kind="rule", skip_bad_rows=config.skip_bad_rows, limit=config.limit)
             report, series = evaluate_rules(model, loaded.examples, n_bins=config.n_bins)
         title, xlabel = "P(rule followed) by true label", "P(followed)"
     else:

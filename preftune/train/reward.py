@@ -221,7 +221,7 @@ class RewardStep:
 def resolve_objective(config, fmt: str) -> str:
     if config.objective != "auto":
         return config.objective
-    if fmt == "rule":
+    if fmt in ("rule", "jailbreak"):
         return "rule"
     if config.classes:
         return "classes"
@@ -232,15 +232,15 @@ def load_training_examples(path: str, config, objective: str, *, limit: int | No
     """Examples for ``objective`` from ``path`` and the class list (``classes``); skipped rows are reported on stderr."""
     import sys
 
-    from preftune.data.convert import detect_data_format
-    from preftune.data.convert import load_examples
+    from preftune.data.convert import detect_file_format
+    from preftune.data.convert import ReadOptions, load_examples
     from preftune.rewards.rules import load_class_examples
 
     if objective == "classes":
         return load_class_examples(path, label_field=config.label_field, classes=config.classes, limit=limit)
-    fmt = detect_data_format(path, config.format)
+    fmt = detect_file_format(path, config.format)
     kind = {"bradley_terry": "preference", "plackett_luce": "ranking", "rule": "rule"}[objective]
-    loaded = load_examples(path, fmt, kind=kind, skip_bad_rows=config.skip_bad_rows, limit=limit)
+    loaded = load_examples(path, fmt, kind=kind, skip_bad_rows=config.skip_bad_rows, limit=limit, options=ReadOptions.of(config))
     if loaded.skipped:
         print(f"preftune reward: {path}: {loaded.skip_summary()}", file=sys.stderr)
     return loaded.examples, None
@@ -272,7 +272,7 @@ def train_reward(config) -> dict:
     import json
     import time
 
-    from preftune.data.convert import detect_data_format
+    from preftune.data.convert import detect_file_format
     from preftune.data.convert import tokenize_all
     from preftune.models.prompt_format import decide_chat_template
     from preftune.models.loading import load_tokenizer
@@ -283,7 +283,7 @@ def train_reward(config) -> dict:
     from preftune.train.loop import LoopSettings, train
 
     fmt = "classes" if config.objective == "classes" or (config.objective == "auto" and config.classes) else \
-        detect_data_format(config.data, config.format)
+        detect_file_format(config.data, config.format)
     objective = resolve_objective(config, fmt)
     examples, classes = load_training_examples(config.data, config, objective, limit=config.limit)
     if config.eval_data:
