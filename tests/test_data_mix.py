@@ -49,3 +49,13 @@ def test_sft_kind_limits_and_errors(tmp_path):
     with pytest.raises(PreftuneError, match=r"two inputs have the same name \(starter-test, starter-test\)"):
         mix(MixConfig(inputs=["starter:test", "starter:test"], output_dir=str(tmp_path)))
     assert source_name("../shared/data/hh_harmless/pairs.jsonl.gz") == "pairs" and source_name("starter") == "starter"
+
+
+def test_every_pair_of_one_prompt_lands_on_one_side(tmp_path):
+    # an OpenAssistant ranking gives several pairs per prompt: held out together, never split across train and test
+    for seed in range(4):
+        mix(MixConfig(inputs=["tests/fixtures/data/oasst_trees.jsonl"], test_fraction=0.5, seed=seed, output_dir=str(tmp_path)))
+        train = {json.dumps(r["prompt"]) for r in _rows(tmp_path / "train.jsonl")}
+        test = {json.dumps(r["prompt"]) for r in _rows(tmp_path / "test.jsonl")} if (tmp_path / "test.jsonl").exists() else set()
+        assert train and not train & test
+        (tmp_path / "test.jsonl").unlink(missing_ok=True)

@@ -9,9 +9,9 @@ internal examples, holds out a fixed fraction of each, and writes::
     OUTPUT_DIR/test-NAME.jsonl      one source's held-out part (NAME: the source's file name, or starter-SPLIT)
     OUTPUT_DIR/mix.json             counts per source, skipped rows with reasons, the settings
 
-The held-out part is chosen by a hash of each example's content and the seed, not by its position: the same
+The held-out part is chosen by a hash of each example's prompt and the seed, not by its position: the same
 example lands on the same side whatever the order or number of rows read, so a held-out set stays fixed when a
-recipe adds data. Rows are written in the internal forms' fields (prompt, chosen, rejected, margin / prompt,
+recipe adds data, and every example of one prompt (a ranking's pairs, a pair's SFT view) lands on the same side. Rows are written in the internal forms' fields (prompt, chosen, rejected, margin / prompt,
 completion / prompt, completion, label), which ``--format auto`` reads back unchanged.
 """
 
@@ -26,11 +26,12 @@ from typing import Literal
 from pydantic import Field
 
 from preftune.config import BaseConfig, Command
-from preftune.data.convert import load_examples
+from preftune.data.convert import ReadOptions, load_examples, with_read_options
 from preftune.data.formats import PreferencePair, SFTExample, UnpairedExample
 from preftune.errors import PreftuneError
 
 
+@with_read_options
 class MixConfig(BaseConfig):
     inputs: list[str] = Field(description="data sources (files, datasets folders, hub ids, starter[:SPLIT[:CATEGORY]])")
     kind: Literal["preference", "sft", "unpaired"] = Field("preference", description="what to write: pairs, demonstrations (a pair's chosen side) or KTO labels")
@@ -63,9 +64,10 @@ def _row(example) -> dict:
 
 
 def held_out(row: dict, seed: int, fraction: float) -> bool:
-    """Is this example in the held-out part? Decided by its content and the seed alone (stable under reordering)."""
-    # a pair and its SFT view (prompt, chosen) fall on the same side: the key is the prompt and the preferred text
-    key = json.dumps([row["prompt"], row.get("chosen", row.get("completion"))])
+    """Is this example in the held-out part? Decided by its prompt and the seed alone (stable under reordering)."""
+    # keyed by the prompt alone: a pair and its SFT view (prompt, chosen), and every pair of one ranking, fall on the
+    # same side, so no held-out prompt is trained on
+    key = json.dumps(row["prompt"])
     digest = hashlib.sha256(f"{seed}\n{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
 
@@ -83,7 +85,7 @@ def mix(config: MixConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     train_rows, test_rows, per_source = [], [], []
     for i, (source, name) in enumerate(zip(config.inputs, names)):
-        result = load_examples(source, "auto", kind=config.kind, skip_bad_rows=config.skip_bad_rows)
+        result = load_examples(source, "auto", kind=config.kind, skip_bad_rows=config.skip_bad_rows, options=ReadOptions.of(config))
         rows = [{**_row(ex), "source": name} for ex in result.examples]
         test = [r for r in rows if config.test_fraction and held_out(r, config.seed, config.test_fraction)]
         train = [r for r in rows if not (config.test_fraction and held_out(r, config.seed, config.test_fraction))]
