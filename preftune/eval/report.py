@@ -32,6 +32,8 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("truthfulqa", "TruthfulQA multiple choice", "give --truthfulqa FILE.csv"),
     ("bbq", "BBQ bias", "give --bbq FILE.jsonl"),
     ("pluralistic", "Distributional (pluralistic) alignment", "give --pluralistic FILE.jsonl"),
+    ("red_teaming", "Red teaming with language models", "run 'preftune redteam' and pass its summary.json with --redteam"),
+    ("overoptimization", "Reward over-optimisation", "run 'preftune overoptimization' and pass its overoptimization.json with --overoptimization"),
     ("examples", "Examples", ""),
 )
 SECTION_KEYS = tuple(k for k, _, _ in SECTIONS)
