@@ -36,10 +36,10 @@ import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from preftune.data.readers import write_jsonl  # noqa: F401  (re-exported: the outputs are JSON lines)
 from preftune.errors import PreftuneError
 from preftune.eval.stats import rate_with_ci
 from preftune.eval.text_metrics import distinct_n, self_bleu
@@ -398,15 +398,6 @@ def preference_rows(cases: Sequence[TestCase], refusal_text: str) -> list[dict]:
             raise PreftuneError(f"test case {c.prompt!r}: the failing response equals --refusal-text; no pair can be made")
         rows.append({"prompt": c.prompt, "chosen": refusal_text, "rejected": c.response, "harm": c.harm, "stage": c.stage})
     return rows
-
-
-def write_jsonl(rows: Sequence[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return path
 
 
 def _fmt_rate(rate: dict | None) -> str:
