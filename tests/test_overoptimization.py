@@ -155,3 +155,7 @@ def test_overoptimization_command_end_to_end(tmp_path, chatml_tokenizer):
     assert (out / "overoptimization.png").read_bytes()[:4] == b"\x89PNG"
     html = (out / "report.html").read_text()
     assert "Reward over-optimisation" in html and "gold and proxy reward against KL" in html
+    ev = tmp_path / "eval"
+    assert main(["eval", "--output-dir", str(ev), "--overoptimization", str(out / "overoptimization.json")]) == 0
+    section = json.loads((ev / "report.json").read_text())["sections"]["overoptimization"]
+    assert [r["n / step"] for r in section["tables"][-1]["rows"]] == [1, 2, 4, 1, 2]

@@ -241,3 +241,23 @@ def test_redteam_command_end_to_end(tiny_folder, tmp_path):
     assert "Red teaming with language models" in html and "top failures" in html
     report = json.loads((out / "report.json").read_text())
     assert report["sections"]["red_teaming"]["data"]["stages"][-1]["failures"] == n_fail
+    # the summary goes into `preftune eval`'s report too; a wrong file is a clear error
+    ev = tmp_path / "eval"
+    assert main(["eval", "--output-dir", str(ev), "--redteam", str(out / "summary.json")]) == 0
+    section = json.loads((ev / "report.json").read_text())["sections"]["red_teaming"]
+    assert section["data"]["stages"][-1]["failures"] == n_fail and section["tables"][1]["caption"] == "top failures"
+    assert main(["eval", "--output-dir", str(ev), "--redteam", str(tmp_path / "missing.json")]) == 2
+    assert main(["eval", "--output-dir", str(ev), "--overoptimization", str(out / "summary.json")]) == 2
+
+
+def test_eval_summary_file_errors(tmp_path):
+    from preftune.commands.evaluate import _summary_file
+
+    with pytest.raises(PreftuneError, match=r"missing.json: no such file \(write it with 'preftune redteam'\)"):
+        _summary_file(str(tmp_path / "missing.json"), "stages", "preftune redteam")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(PreftuneError, match="bad.json: not JSON"):
+        _summary_file(str(tmp_path / "bad.json"), "stages", "preftune redteam")
+    (tmp_path / "other.json").write_text('{"points": []}')
+    with pytest.raises(PreftuneError, match="other.json: no 'stages' field; is it the summary written by 'preftune redteam'"):
+        _summary_file(str(tmp_path / "other.json"), "stages", "preftune redteam")
