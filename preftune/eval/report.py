@@ -300,10 +300,12 @@ def plot_overoptimization(points: Sequence[dict]) -> bytes:
         xs = [p["sqrt_kl"] for p in pts]
         ax.plot(xs, [p["gold"] for p in pts], "o-", color="#c44", label="gold")
         ax.plot(xs, [p["proxy"] for p in pts], "s--", color="#48c", label="proxy")
-        if m == "best_of_n":
-            for p in pts:
-                ax.annotate(f"n={p['x']}", (p["sqrt_kl"], p["proxy"]), textcoords="offset points", xytext=(3, 4), fontsize=7)
-        ax.set_title("best-of-n against the proxy" if m == "best_of_n" else "RL against the proxy", fontsize=10)
+        every = max(1, len(pts) // 8)  # label at most ~8 points: n for best-of-n, the step for RL (joined in step order)
+        for j, p in enumerate(pts):
+            if j % every == 0 or j == len(pts) - 1:
+                label = f"n={p['x']}" if m == "best_of_n" else f"{p['x']}"
+                ax.annotate(label, (p["sqrt_kl"], p["proxy"]), textcoords="offset points", xytext=(3, 4), fontsize=7)
+        ax.set_title("best-of-n against the proxy" if m == "best_of_n" else "RL against the proxy (labels: step)", fontsize=10)
         ax.set_xlabel("sqrt KL(π ‖ π_init)  (nats^½)")
         ax.set_ylabel("mean reward")
         ax.grid(alpha=0.3)
