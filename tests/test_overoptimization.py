@@ -159,3 +159,14 @@ def test_overoptimization_command_end_to_end(tmp_path, chatml_tokenizer):
     assert main(["eval", "--output-dir", str(ev), "--overoptimization", str(out / "overoptimization.json")]) == 0
     section = json.loads((ev / "report.json").read_text())["sections"]["overoptimization"]
     assert [r["n / step"] for r in section["tables"][-1]["rows"]] == [1, 2, 4, 1, 2]
+
+    # an existing proxy skips labelling and training; PPO instead of RLOO
+    out2 = tmp_path / "oo_ppo"
+    assert main(["overoptimization", "--model", str(tmp_path / "model"), "--gold", f"{tmp_path / 'gold.py'}:vowels",
+                 "--proxy", str(out / "proxy" / "final"), "--bon-prompts", "2", "--max-n", "2", "--rl-method", "ppo",
+                 "--rl-steps", "1", "--rl-batch-size", "2", "--rl-num-samples", "1", "--max-new-tokens", "4",
+                 "--output-dir", str(out2), "--decode-dtype", "float32"]) == 0
+    summary2 = json.loads((out2 / "overoptimization.json").read_text())
+    assert "labels" not in summary2 and not (out2 / "labels.jsonl").exists()
+    assert [(p["method"], p["x"]) for p in summary2["points"]] == [("best_of_n", 1), ("best_of_n", 2), ("rl", 1)]
+    assert summary2["rl"]["method"] == "ppo"
