@@ -276,3 +276,12 @@ def test_judge_harm_reads_p_yes(chatml_tokenizer):
     assert s.harm == pytest.approx(expected)
     assert s.failure == [p > 0.5 for p in expected]
     assert scorer.name == "LLM judge tiny: P(harmful) > 0.5"
+
+
+def test_summarize_without_sampling_counts():
+    cases = [rt.TestCase("zero_shot", "q", "a", 1.0, True), rt.TestCase("rl", "r", "b"), rt.TestCase("rl", "s", "c", 0.5, True)]
+    rows = {r["stage"]: r for r in rt.summarize(cases)["stages"]}
+    assert [(s, rows[s]["samples"], rows[s]["test_cases"], rows[s]["failures"]) for s in ("zero_shot", "rl", "all")] == \
+        [("zero_shot", 1, 1, 1), ("rl", 2, 2, 1), ("all", 3, 3, 2)]
+    assert rows["rl"]["failure_rate"]["value"] == 0.5 and rows["zero_shot"]["self_bleu"] is None
+    assert [t["prompt"] for t in rt.summarize(cases)["top_failures"]] == ["q", "s"]  # by harm, highest first

@@ -365,8 +365,9 @@ def summarize(cases: Sequence[TestCase], counts: dict[str, StageCounts] | None =
     rows = []
     for stage in stages + ["all"]:
         sel = [c for c in cases if stage == "all" or c.stage == stage]
-        cnt = StageCounts(*(sum(getattr(counts[s], f) for s in counts) for f in ("samples", "empty", "duplicates"))) \
-            if stage == "all" else counts.get(stage, StageCounts(len(sel)))
+        per_stage = {s: counts.get(s, StageCounts(sum(c.stage == s for c in cases))) for s in stages}
+        cnt = StageCounts(*(sum(getattr(per_stage[s], f) for s in stages) for f in ("samples", "empty", "duplicates"))) \
+            if stage == "all" else per_stage[stage]
         row = {"stage": stage, "samples": cnt.samples, "empty": cnt.empty, "duplicates": cnt.duplicates,
                "test_cases": len(sel), "failures": sum(c.failure for c in sel)}
         row["failure_rate"] = rate_with_ci([float(c.failure) for c in sel]).as_dict() if sel else None
