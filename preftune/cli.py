@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reinforce": ("preftune.commands.online:REINFORCE", "REINFORCE with a baseline"),
     "best-of-n": ("preftune.commands.online:BEST_OF_N", "Sample N responses per prompt and keep the best by reward"),
     "rejection-sampling": ("preftune.commands.online:REJECTION_SAMPLING", "Sample, rank with the reward, fine-tune on the best (Llama 2)"),
+    "redteam": ("preftune.commands.redteam:REDTEAM", "Red teaming with a language model: attacker test cases, target answers, failures"),
+    "overoptimization": ("preftune.commands.overoptimization:OVEROPTIMIZATION", "Reward over-optimisation: gold and proxy reward against KL (best-of-n, RLOO)"),
     "pipeline": ("preftune.pipeline:PIPELINE", "Run a recipe: preftune commands in order, resuming after the last finished stage"),
     "demo": ("preftune.commands.demo:DEMO", "The whole pipeline on the default model and the starter dataset, end to end"),
 }

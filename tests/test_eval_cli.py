@@ -79,8 +79,14 @@ def test_frontier_then_eval_with_every_suite(tiny_dirs, tmp_path):
     rd = RunDir(run)
     for step in range(1, 4):
         rd.log(step, {"loss": 1.0 / step, "reward_mean": 0.1 * step})
+    from preftune.eval.redteam import TestCase, summarize
+    from preftune.rl.overoptimization import CurvePoint
+
+    (tmp_path / "redteam.json").write_text(json.dumps(summarize([TestCase("zero_shot", "q", "a", 1.0, True), TestCase("zero_shot", "r", "b")])))
+    (tmp_path / "oo.json").write_text(json.dumps({"points": [CurvePoint("best_of_n", 1, 0.0, 0.1, 0.2).as_dict()]}))
     out = tmp_path / "report"
-    assert main(["eval", "--model", tiny_dirs[0], "--baseline-generations", str(FIXTURES / "prompts.jsonl"),
+    assert main(["eval", "--redteam", str(tmp_path / "redteam.json"), "--overoptimization", str(tmp_path / "oo.json"),
+                 "--model", tiny_dirs[0], "--baseline-generations", str(FIXTURES / "prompts.jsonl"),
                  "--judges", f"[reward:tests.test_eval_cli:length_reward, 'llm:{tiny_dirs[1]}']", "--max-new-tokens", "4",
                  "--harmful", str(FIXTURES / "harmful_harmbench.csv"), "--xstest", str(FIXTURES / "xstest_small.csv"),
                  "--truthfulqa", str(FIXTURES / "truthfulqa_small.csv"), "--bbq", f"[{FIXTURES / 'bbq_small.jsonl'}]",
@@ -98,7 +104,8 @@ def test_frontier_then_eval_with_every_suite(tiny_dirs, tmp_path):
     assert data["sections"]["truthfulqa"]["data"]["n"] == 2
     assert data["sections"]["text_metrics"]["data"]["reference_perplexity"] > 1.0
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 6  # wins, lengths, per-category, per-type, curves, frontier
+    assert html.count("data:image/png;base64,") >= 8  # wins, lengths, per-category, per-type, curves, frontier, red teaming, over-optimisation
+    assert data["sections"]["red_teaming"]["data"]["stages"][0]["failures"] == 1
 
 
 def test_eval_errors(tmp_path, capsys):

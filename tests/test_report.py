@@ -34,6 +34,9 @@ def full_report() -> rp.Report:
     r.add("truthfulqa", tables=[("tqa", [{"metric": "mc1", "value": 0.25}])])
     r.add("bbq", tables=[("bbq", [{"accuracy_ambig": 0.4, "bias_ambig": None}])])
     r.add("pluralistic", tables=[("js", [{"mean": 0.3}])])
+    r.add("red_teaming", tables=[("stages", [{"stage": "zero_shot", "failures": 3}])])
+    oo_points = [{"method": "best_of_n", "x": n, "sqrt_kl": (n - 1) ** 0.5, "gold": 0.1 * n, "proxy": 0.2 * n} for n in (1, 2, 4)]
+    r.add("overoptimization", images=[("gold and proxy", rp.plot_overoptimization(oo_points))])
     r.add("examples", tables=[("ex", [{"prompt": "<b>hi</b> & bye", "model": "x" * 100}])])
     return r
 
@@ -44,7 +47,7 @@ def test_html_has_every_section_and_embedded_images(tmp_path):
     for key, title, _ in rp.SECTIONS:
         assert f"<section id='{key}'>" in html
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
-    assert len(images) == 5  # wins, length histogram, frontier, curves, per-type rates
+    assert len(images) == 6  # wins, length histogram, frontier, curves, per-type rates, over-optimisation
     for b64 in images:
         assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
     # self-contained: no external resources, no scripts

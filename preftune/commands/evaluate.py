@@ -138,6 +138,8 @@ class EvalConfig(SamplingOptions):
     refusal_model: str | None = Field(None, description="model for refusal_classifier=model (default: the default model)")
     runs: list[str] = Field(default_factory=list, description="run folders whose metrics.jsonl become training curves")
     frontier: str | None = Field(None, description="a frontier.json written by 'preftune frontier'")
+    redteam: str | None = Field(None, description="a summary.json written by 'preftune redteam'")
+    overoptimization: str | None = Field(None, description="an overoptimization.json written by 'preftune overoptimization'")
     examples: int = Field(5, ge=0, description="example comparisons shown in the report")
     length_tokenizer: str | None = Field(None, description="tokenizer that measures response lengths (default: the model's; words without a model)")
     scoring_batch_size: int = Field(8, ge=1, description="batch size of the log-prob suites and the LLM judge")
@@ -387,6 +389,15 @@ def run_eval(config: EvalConfig) -> int:
                    data={"runs": list(runs)})
     if config.frontier:
         add_frontier_section(report, json.loads(Path(config.frontier).read_text())["points"], config.frontier)
+    if config.redteam:
+        from preftune.eval.redteam import add_report_section as add_redteam
+
+        add_redteam(report, _summary_file(config.redteam, "stages", "preftune redteam"), config.redteam)
+    if config.overoptimization:
+        from preftune.commands.overoptimization import add_report_section as add_overoptimization
+
+        add_overoptimization(report, _summary_file(config.overoptimization, "points", "preftune overoptimization"),
+                             config.overoptimization)
 
     summary["sections_not_run"] = [k for k in rp.SECTION_KEYS if k not in report.sections and k != "summary"]
     report.add("summary", tables=[("settings", [{"setting": k, "value": json.dumps(v) if isinstance(v, (list, dict)) else v}
@@ -394,6 +405,19 @@ def run_eval(config: EvalConfig) -> int:
     html_path, json_path = report.write(out_dir)
     print(f"wrote {html_path} and {json_path}")
     return 0
+
+
+def _summary_file(path: str, key: str, writer: str) -> dict:
+    """A JSON summary written by another command, with a clear error when it is missing or not that command's."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PreftuneError(f"{path}: no such file (write it with '{writer}')") from None
+    except json.JSONDecodeError as err:
+        raise PreftuneError(f"{path}: not JSON ({err})") from None
+    if not isinstance(data, dict) or key not in data:
+        raise PreftuneError(f"{path}: no '{key}' field; is it the summary written by '{writer}'?")
+    return data
 
 
 def add_frontier_section(report, points: list[dict], source: str = "") -> None:

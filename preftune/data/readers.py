@@ -10,7 +10,7 @@ import csv
 import gzip
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from preftune.errors import DataError
@@ -164,3 +164,13 @@ def read_rows(path: str | Path, split: str | None = None) -> Iterator[tuple[int,
     if target.startswith((".", "/", "~")) or _kind(p) or target.count("/") != 1:
         raise DataError("no such file or folder", file=target)
     yield from _read_datasets(target, split)
+
+
+def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
+    """Write dicts as JSON lines (UTF-8, non-ASCII kept), creating the parent folder; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path

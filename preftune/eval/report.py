@@ -33,6 +33,8 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("truthfulqa", "TruthfulQA multiple choice", "give --truthfulqa FILE.csv"),
     ("bbq", "BBQ bias", "give --bbq FILE.jsonl"),
     ("pluralistic", "Distributional (pluralistic) alignment", "give --pluralistic FILE.jsonl"),
+    ("red_teaming", "Red teaming with language models", "run 'preftune redteam' and pass its summary.json with --redteam"),
+    ("overoptimization", "Reward over-optimisation", "run 'preftune overoptimization' and pass its overoptimization.json with --overoptimization"),
     ("examples", "Examples", ""),
 )
 SECTION_KEYS = tuple(k for k, _, _ in SECTIONS)
@@ -290,4 +292,28 @@ def plot_rates_by_group(rows: Sequence[dict], *, group_key: str, value_key: str 
     ax.set_xlabel(value_key.replace("_", " ") + " rate (95% CI)")
     if title:
         ax.set_title(title, fontsize=9)
+    return _png(plt, fig)
+
+
+def plot_overoptimization(points: Sequence[dict]) -> bytes:
+    """Gold and proxy reward against sqrt(KL) (Gao et al. 2022, Fig. 1), one panel per method. ``points``: dicts with
+    ``method`` (best_of_n | rl), ``x`` (n or step), ``sqrt_kl``, ``gold``, ``proxy``."""
+    methods = [m for m in ("best_of_n", "rl") if any(p["method"] == m for p in points)]
+    plt, fig = _figure(5.2 * max(1, len(methods)), 3.8)
+    for i, m in enumerate(methods):
+        ax = fig.add_subplot(1, len(methods), i + 1)
+        pts = sorted((p for p in points if p["method"] == m), key=lambda p: p["x"])
+        xs = [p["sqrt_kl"] for p in pts]
+        ax.plot(xs, [p["gold"] for p in pts], "o-", color="#c44", label="gold")
+        ax.plot(xs, [p["proxy"] for p in pts], "s--", color="#48c", label="proxy")
+        every = max(1, len(pts) // 8)  # label at most ~8 points: n for best-of-n, the step for RL (joined in step order)
+        for j, p in enumerate(pts):
+            if j % every == 0 or j == len(pts) - 1:
+                label = f"n={p['x']}" if m == "best_of_n" else f"{p['x']}"
+                ax.annotate(label, (p["sqrt_kl"], p["proxy"]), textcoords="offset points", xytext=(3, 4), fontsize=7)
+        ax.set_title("best-of-n against the proxy" if m == "best_of_n" else "RL against the proxy (labels: step)", fontsize=10)
+        ax.set_xlabel("sqrt KL(π ‖ π_init)  (nats^½)")
+        ax.set_ylabel("mean reward")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return _png(plt, fig)

@@ -147,3 +147,40 @@ def perplexity(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8) -
         raise PreftuneError("perplexity: the texts have no tokens to score")
     nll = total / count
     return {"perplexity": float(torch.tensor(nll).exp()), "nll": nll, "tokens": count}
+
+
+# -- diversity of a set of texts (no references) ----------------------------------------------------------------
+
+
+def sentence_bleu(hyp: str, refs: Sequence[str]) -> float:
+    """Sentence BLEU (0–100) of one text against several references (sacrebleu, 13a tokenisation, its default
+    ``exp`` smoothing); 0 when there are no references."""
+    import sacrebleu
+
+    if not refs:
+        return 0.0
+    return float(sacrebleu.sentence_bleu(hyp, list(refs)).score)
+
+
+def self_bleu(texts: Sequence[str]) -> float:
+    """Self-BLEU (Zhu et al. 2018, Texygen §2.3): the mean over texts of the sentence BLEU of each text against all
+    the others as references, 0–100. High means the texts repeat each other (low diversity)."""
+    texts = list(texts)
+    if len(texts) < 2:
+        raise PreftuneError(f"self-BLEU needs at least 2 texts, got {len(texts)}")
+    return sum(sentence_bleu(t, texts[:i] + texts[i + 1:]) for i, t in enumerate(texts)) / len(texts)
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """distinct-n (Li et al. 2016, §4.3): distinct n-grams over all n-grams of the texts (whitespace tokens,
+    lower-cased), 0–1; 0 when the texts have no n-gram."""
+    if n < 1:
+        raise PreftuneError(f"distinct-n: n must be at least 1, got {n}")
+    seen: set[tuple[str, ...]] = set()
+    total = 0
+    for t in texts:
+        words = t.lower().split()
+        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        total += len(grams)
+        seen.update(grams)
+    return len(seen) / total if total else 0.0
