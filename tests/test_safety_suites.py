@@ -70,7 +70,7 @@ def test_over_refusal_report_per_type():
 def test_harmful_where_keeps_matching_rows():
     hb = read_harmful(FIXTURES / "harmful_harmbench.csv", where="FunctionalCategory=standard")
     assert [h.row for h in hb] == [1, 2, 3]
-    with pytest.raises(DataError, match=r"harmful_harmbench.csv, row 1, field 'Kind': --harmful-where names the column 'Kind', which is not one of Behavior, FunctionalCategory"):
+    with pytest.raises(DataError, match=r"harmful_harmbench.csv, row 1, field 'Kind': the filter 'Kind=standard' names the column 'Kind', which is not one of Behavior, FunctionalCategory"):
         read_harmful(FIXTURES / "harmful_harmbench.csv", where="Kind=standard")
 
 
@@ -79,4 +79,5 @@ def test_starter_test_split_as_an_over_refusal_suite():
     assert len(items) == 46
     assert {(x.category, x.label) for x in items} == {("helpful", "safe"), ("harmless", "unsafe"), ("benign_risky", "safe"), ("honest", "safe")}
     assert sum(x.label == "unsafe" for x in items) == 11
+    assert [x.category for x in read_xstest("starter:test", where="label=unsafe")] == ["harmless"] * 11
     assert [h.prompt for h in read_harmful("starter:test:harmless")] == [x.prompt for x in items if x.label == "unsafe"]

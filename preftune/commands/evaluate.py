@@ -129,6 +129,7 @@ class EvalConfig(SamplingOptions):
     harmful_column: str | None = Field(None, description="its prompt column (default: Behavior / goal / prompt ...)")
     harmful_where: str | None = Field(None, description="COLUMN=VALUE: keep only those rows (e.g. FunctionalCategory=standard)")
     xstest: str | None = Field(None, description="XSTest-style CSV (prompt, type, label) for over-refusal")
+    xstest_where: str | None = Field(None, description="COLUMN=VALUE: keep only those rows (e.g. label=safe)")
     xstest_per_type: int | None = Field(None, ge=1, description="use the first N prompts of each XSTest type (stratified subset)")
     truthfulqa: str | None = Field(None, description="TruthfulQA CSV for MC1 / MC2")
     bbq: list[str] = Field(default_factory=list, description="BBQ JSONL files")
@@ -329,7 +330,7 @@ def run_eval(config: EvalConfig) -> int:
                        data={**rep, "file": config.harmful, "responses": [{"prompt": h.prompt, "response": r, "label": lab}
                                                                           for h, r, lab in zip(hitems, hresp, labels)]})
         if config.xstest:
-            xitems = read_xstest(config.xstest, limit=config.suite_limit, per_type=config.xstest_per_type)
+            xitems = read_xstest(config.xstest, limit=config.suite_limit, per_type=config.xstest_per_type, where=config.xstest_where)
             xresp = [r["response"] for r in generate_responses(model, tok, [x.prompt for x in xitems], config)]
             labels = classifier([x.prompt for x in xitems], xresp)
             rep = over_refusal_report(xitems, labels)

@@ -50,14 +50,9 @@ def read_harmful(path: str | Path, *, column: str | None = None, limit: int | No
     keeps the rows whose COLUMN is VALUE (HarmBench's ``FunctionalCategory=standard``)."""
     out: list[SafetyPrompt] = []
     prompt_col = cat_col = None
-    where_col, _, where_value = (where or "").partition("=")
     for row_number, row in read_rows(path):
-        if where:
-            if where_col not in row:
-                raise DataError(f"--harmful-where names the column '{where_col}', which is not one of {', '.join(row)}",
-                                file=str(path), row=row_number, field=where_col)
-            if str(row[where_col]).strip() != where_value:
-                continue
+        if not _matches(row, where, path, row_number):
+            continue
         if prompt_col is None:
             prompt_col = column or _find(list(row), HARMFUL_COLUMNS)
             if prompt_col is None or prompt_col not in row:
@@ -76,14 +71,28 @@ def read_harmful(path: str | Path, *, column: str | None = None, limit: int | No
     return out
 
 
-def read_xstest(path: str | Path, *, limit: int | None = None, per_type: int | None = None) -> list[SafetyPrompt]:
+def _matches(row: dict, where: str | None, path, row_number: int) -> bool:
+    """Does the row pass ``where="COLUMN=VALUE"`` (always, without one)?"""
+    if not where:
+        return True
+    column, _, value = where.partition("=")
+    if column not in row:
+        raise DataError(f"the filter {where!r} names the column '{column}', which is not one of {', '.join(row)}",
+                        file=str(path), row=row_number, field=column)
+    return str(row[column]).strip() == value
+
+
+def read_xstest(path: str | Path, *, limit: int | None = None, per_type: int | None = None,
+                where: str | None = None) -> list[SafetyPrompt]:
     """XSTest-style rows (``prompt``, ``type``, ``label`` in {safe, unsafe}). ``per_type`` keeps the first k of each type
-    (a stratified subset); ``limit`` caps the total."""
+    (a stratified subset); ``limit`` caps the total; ``where="label=safe"`` keeps the matching rows."""
     out: list[SafetyPrompt] = []
     seen: Counter = Counter()
     for row_number, row in read_rows(path):
         if is_starter(str(path)):
             row = {"prompt": row["prompt"], "type": row["category"], "label": "unsafe" if row["category"] == "harmless" else "safe"}
+        if not _matches(row, where, path, row_number):
+            continue
         for name in ("prompt", "type", "label"):
             if name not in row:
                 raise DataError(f"missing column '{name}' (an XSTest-style file has prompt, type, label)", file=str(path), row=row_number, field=name)
