@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reinforce": ("preftune.commands.online:REINFORCE", "REINFORCE with a baseline"),
     "best-of-n": ("preftune.commands.online:BEST_OF_N", "Sample N responses per prompt and keep the best by reward"),
     "rejection-sampling": ("preftune.commands.online:REJECTION_SAMPLING", "Sample, rank with the reward, fine-tune on the best (Llama 2)"),
+    "annotate serve": ("preftune.commands.annotate:SERVE", "Serve the annotation web app: pairwise, ranking, correction, rating and rule feedback"),
+    "annotate add-annotator": ("preftune.commands.annotate:ADD_ANNOTATOR", "Add an annotator to a feedback database and print their private link"),
+    "annotate stats": ("preftune.commands.annotate:STATS", "Counts, agreement (Cohen, Fleiss, Krippendorff) and position bias of the feedback"),
+    "annotate export": ("preftune.commands.annotate:EXPORT", "Export feedback for the trainers and for 'preftune eval --judges human:FILE'"),
     "demo": ("preftune.commands.demo:DEMO", "The whole pipeline on the default model and the starter dataset, end to end"),
 }
 
