@@ -36,6 +36,10 @@ class BodyTooLarge(FeedbackError):
     status = 413
 
 
+class BadRequest(FeedbackError):
+    status = 400
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -49,7 +53,9 @@ def _token(request: Request) -> str | None:
 async def _json_body(request: Request, limit: int) -> dict:
     """The request's JSON object, read with a size limit (a declared length over it is refused before reading)."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    if declared is not None and not declared.isdigit():
+        raise BadRequest("Content-Length must be a number of bytes")
+    if declared is not None and int(declared) > limit:
         raise BodyTooLarge(f"request body over {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
