@@ -4,6 +4,7 @@ idempotent retries, undo, exports and agreement statistics, against the FastAPI 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 import pytest
@@ -401,7 +402,10 @@ def test_agreement_statistics_hand_computed(tmp_path):
 
     s = _labelled(tmp_path, {"ann": [0, 0, 1, "tie"], "bob": [0, 1, 1, "tie"]})
     a = feedback_stats(s.path)["agreement"]["pairwise"]
-    assert a["items"] == 4 and a["percent_agreement"] == pytest.approx(3 / 4)
+    admin = s.add_annotator("admin", admin=True)
+    html = re.sub(r">\s+<", "><", TestClient(create_app(s)).get(f"/stats/{admin}").text)
+    assert "<tr><td>pairwise</td><td>4</td><td>0.750</td><td>0.636</td><td>0.619</td>" in html
+    assert a["units"] == 4 and a["percent_agreement"] == pytest.approx(3 / 4)
     # Cohen: p_o = 3/4, p_e = (2·1 + 1·2 + 1·1)/16 = 5/16
     assert a["cohen_kappa"] == pytest.approx((3 / 4 - 5 / 16) / (1 - 5 / 16))
     # Fleiss: P̄ = (1 + 0 + 1 + 1)/4, p = (3/8, 3/8, 2/8), P_e = 9/64 + 9/64 + 4/64
@@ -482,7 +486,7 @@ def test_stats_with_no_overlap_report_none_not_nan(tmp_path):
 
     s = _labelled(tmp_path, {"ann": [0, 1, 0, 0]})
     stats = feedback_stats(s.path)
-    assert stats["agreement"]["pairwise"] == {"items": 0, "percent_agreement": None, "cohen_kappa": None, "fleiss_kappa": None,
+    assert stats["agreement"]["pairwise"] == {"units": 0, "percent_agreement": None, "cohen_kappa": None, "fleiss_kappa": None,
                                               "fleiss_raters": None, "krippendorff_alpha": None}
     text = format_stats(stats)
     assert "pairwise: 0 units, percent agreement -" in text

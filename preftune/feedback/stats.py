@@ -50,7 +50,7 @@ def agreement(units: dict[object, dict[str, object]], *, ordinal: bool = False) 
     from sklearn.metrics import cohen_kappa_score
 
     shared = {u: labels for u, labels in units.items() if len(labels) >= 2}
-    out = {"items": len(shared), "percent_agreement": None, "cohen_kappa": None, "fleiss_kappa": None,
+    out = {"units": len(shared), "percent_agreement": None, "cohen_kappa": None, "fleiss_kappa": None,
            "fleiss_raters": None, "krippendorff_alpha": None}
     if not shared:
         return out
@@ -139,7 +139,7 @@ def format_stats(stats: dict) -> str:
         lines.append(f"  {name}: " + ", ".join(f"{t} {c.get(t, 0)}" for t in stats["tasks"]) + f", skipped {c.get('skipped', 0)}")
     lines += ["", "agreement (units answered by >= 2 annotators):"]
     for t, a in stats["agreement"].items():
-        lines.append(f"  {t}: {a['items']} units, percent agreement {f(a['percent_agreement'])}, Cohen's kappa "
+        lines.append(f"  {t}: {a['units']} units, percent agreement {f(a['percent_agreement'])}, Cohen's kappa "
                      f"{f(a['cohen_kappa'])}, Fleiss' kappa {f(a['fleiss_kappa'])}, Krippendorff's alpha {f(a['krippendorff_alpha'])}")
     pb = stats["position_bias"]
     lines += ["", f"position bias: the left answer won {pb['left_wins']} of {pb['decisive']} decisive pairwise choices "

@@ -130,7 +130,9 @@
     Array.from(list.children).forEach((li, i) => {
       let rank = li.querySelector(".rank");
       if (!rank) { rank = document.createElement("span"); rank.className = "rank"; li.prepend(rank); }
-      rank.textContent = (picked.length || dragged) ? "#" + (i + 1) : "";
+      // a rank shows once it is decided: picked by key, implied (all but one picked), or set by dragging
+      const decided = dragged || i < picked.length || picked.length >= list.children.length - 1;
+      rank.textContent = decided ? "#" + (i + 1) : "";
     });
   }
   function pick(pos) {
