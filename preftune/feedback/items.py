@@ -14,14 +14,14 @@ def group_candidates(prompts: Sequence[Prompt], candidates: Sequence[tuple[Promp
     by_prompt: dict[str, list[str]] = {}
     for prompt, response in candidates:
         bucket = by_prompt.setdefault(prompt_text(prompt).strip(), [])
-        if response.strip() and response not in bucket:
+        if response.strip() and response not in bucket:  # empty answers are not shown (build_items notes the prompt)
             bucket.append(response)
     out = []
     for p in prompts:
-        responses = by_prompt.get(prompt_text(p).strip(), [])
-        if not responses:
+        key = prompt_text(p).strip()
+        if key not in by_prompt:
             raise PreftuneError(f"{where}: no candidate response for the prompt {prompt_text(p)[:80]!r}")
-        out.append(responses)
+        out.append(by_prompt[key])
     return out
 
 
@@ -47,6 +47,8 @@ def build_items(task: str, prompts: Sequence[Prompt], responses: Sequence[Sequen
                 notes.append(f"prompt {prompt_text(prompt)[:60]!r} has {len(cands)} distinct response: nothing to rank")
                 continue
             items.append((prompt, cands[:ranking_size]))
+        elif not cands:
+            notes.append(f"prompt {prompt_text(prompt)[:60]!r} has no non-empty response")
         else:
             items += [(prompt, [c]) for c in cands]
     return items, notes
