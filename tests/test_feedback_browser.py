@@ -42,7 +42,8 @@ def test_an_annotator_answers_every_task_in_a_real_browser(tmp_path):
                                    "Eggs are a good source of protein."]),
         ('Explain <script>alert("x")</script> in one line.', ['"><img src=x onerror=alert(1)>', "It is an HTML tag that runs JavaScript."]),
     ])
-    store.add_items("ranking", [("Suggest a name for a grey cat.", ["Smokey", "Cat", "Ash, or Pebble if you like something softer"])])
+    store.add_items("ranking", [("Suggest a name for a grey cat.", ["Smokey", "Cat", "Ash, or Pebble if you like something softer"]),
+                                ("Pick a fruit for a picnic.", ["Grapes", "Watermelon", "Durian"])])
     store.add_items("correction", [("What is the capital of Australia?", ["Sydney is the capital of Australia.",
                                                                           "The capital is Canberra, it was founded in 1950."])])
     store.add_items("rating", [("Write a haiku about rain.", ["Soft rain on the roof\nthe garden drinks in silence\nclouds move on at dusk"])])
@@ -67,10 +68,10 @@ def test_an_annotator_answers_every_task_in_a_real_browser(tmp_path):
             page.goto(f"http://127.0.0.1:{port}/a/{token}")
 
             def wait_done(n: int) -> None:  # (wait_for_function would evaluate a string: the page's CSP forbids that)
-                sync_api.expect(page.locator("#progress")).to_have_text(re.compile(rf"^{n} / 6 done$"))
+                sync_api.expect(page.locator("#progress")).to_have_text(re.compile(rf"^{n} / 7 done$"))
 
             # 1. pairwise by clicks: strength "clearly", a comment, then "A is better"
-            assert page.inner_text("#progress") == "0 / 6 done"
+            assert page.inner_text("#progress") == "0 / 7 done"
             page.screenshot(path=str(shots / "pairwise.png"), full_page=True)
             left_text = page.inner_text("#response-left .text")
             page.check("input[name=strength][value=clearly]")
@@ -90,6 +91,14 @@ def test_an_annotator_answers_every_task_in_a_real_browser(tmp_path):
             page.keyboard.press("1")
             page.keyboard.press("Enter")
             wait_done(3)
+            # 3b. ranking by dragging: the last answer dragged above the first, then the button
+            bottom = page.locator("#ranking li").nth(2)
+            dragged_text = bottom.locator(".text").inner_text()
+            bottom.drag_to(page.locator("#ranking li").nth(0), target_position={"x": 20, "y": 5})
+            dragged_order = [t for t in page.locator("#ranking li .text").all_inner_texts()]
+            assert dragged_order[0] == dragged_text
+            page.click("#submit-ranking")
+            wait_done(4)
             # 4. correction: key b picks the right answer, the editor opens with its text; edit; Ctrl+Enter
             page.screenshot(path=str(shots / "correction.png"), full_page=True)
             page.keyboard.press("b")
@@ -99,21 +108,21 @@ def test_an_annotator_answers_every_task_in_a_real_browser(tmp_path):
             page.screenshot(path=str(shots / "correction-editing.png"), full_page=True)
             page.fill("#corrected", "The capital is Canberra, founded in 1913.")
             page.keyboard.press("Control+Enter")
-            wait_done(4)
+            wait_done(5)
             # 5. rating by key 6
             page.screenshot(path=str(shots / "rating.png"), full_page=True)
             page.keyboard.press("6")
-            wait_done(5)
+            wait_done(6)
             # 6. rules: click "no" for the first, key y for the next open rule, Enter
             page.screenshot(path=str(shots / "rules.png"), full_page=True)
             page.click("tr.rule:nth-child(1) input[value=no]")
             page.keyboard.press("y")
             page.keyboard.press("Enter")
-            wait_done(6)
+            wait_done(7)
             assert "All done" in page.inner_text("main")
             # undo (key z) brings the rules item back
             page.keyboard.press("z")
-            wait_done(5)
+            wait_done(6)
             assert page.is_visible("#rules")
             page.goto(f"http://127.0.0.1:{port}/stats/{admin}")
             assert "Feedback statistics" in page.inner_text("h1")
@@ -127,15 +136,16 @@ def test_an_annotator_answers_every_task_in_a_real_browser(tmp_path):
     conn = sqlite3.connect(db)
     rows = conn.execute("SELECT s.task, s.answer, s.comment, s.undone, i.responses FROM submissions s "
                         "JOIN items i ON i.id = s.item_id ORDER BY s.id").fetchall()
-    assert [(r[0], r[3]) for r in rows] == [("pairwise", 0), ("pairwise", 0), ("ranking", 0), ("correction", 0),
-                                            ("rating", 0), ("rules", 1)]
+    assert [(r[0], r[3]) for r in rows] == [("pairwise", 0), ("pairwise", 0), ("ranking", 0), ("ranking", 0),
+                                            ("correction", 0), ("rating", 0), ("rules", 1)]
     answers = [json.loads(r[1]) for r in rows]
     responses = [json.loads(r[4]) for r in rows]
     assert responses[0][answers[0]["winner"]] == left_text and answers[0]["strength"] == "clearly"
     assert rows[0][2] == "the left one answers the question"
     assert responses[1][answers[1]["winner"]] == right_text and answers[1]["strength"] is None
     assert [responses[2][i] for i in answers[2]["order"]] == ranked
-    assert responses[3][answers[3]["better"]] == picked and answers[3]["corrected"] == "The capital is Canberra, founded in 1913."
-    assert answers[4] == {"rating": 6}
-    assert answers[5] == {"answers": {"Reveals private details about a real person.": "no",
+    assert [responses[3][i] for i in answers[3]["order"]] == dragged_order
+    assert responses[4][answers[4]["better"]] == picked and answers[4]["corrected"] == "The capital is Canberra, founded in 1913."
+    assert answers[5] == {"rating": 6}
+    assert answers[6] == {"answers": {"Reveals private details about a real person.": "no",
                                       "Refuses or lectures about a harmless request.": "yes"}}
