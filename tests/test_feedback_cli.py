@@ -126,3 +126,26 @@ def test_trainers_read_the_feedback_database(files, tiny_lm, tmp_path, command):
                  "--batch-size", "2", "--learning-rate", "1e-3"]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1]
+
+
+def shorter_reward(prompts, responses):
+    return [-float(len(r)) for r in responses]
+
+
+def test_stats_agreement_of_a_judge_with_the_people(tmp_path, capsys):
+    db = tmp_path / "j.sqlite"
+    store = FeedbackStore(db, seed=2)
+    store.add_items("pairwise", [("p0", ["short", "much longer answer"]), ("p1", ["a longer one here", "tiny"]), ("p2", ["mid", "x"]),
+                                 ("p3", ["same", "tied"])])
+    who = store.authenticate(store.add_annotator("ann"))
+    for n, winner in enumerate([0, 1, 0, "tie"]):  # the shorter, the shorter, the longer; a tie (no decisive majority)
+        item = store.next_assignment(who)
+        choice = "tie" if winner == "tie" else ("left" if item.shown[0] == winner else "right")
+        store.submit(who, f"judge-{n:04d}", item.id, {"choice": choice})
+    assert main(["annotate", "stats", "--db", str(db), "--judges", "[reward:tests.test_feedback_cli:shorter_reward]", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    # P(first ≻ second) = σ(r_first − r_second) with r = −length: agrees on p0 and p1, not on p2
+    assert stats["judges"] == {"reward:tests.test_feedback_cli:shorter_reward": {"items": 3, "agreement": pytest.approx(2 / 3)}}
+    assert main(["annotate", "stats", "--db", str(db), "--judges", "[reward:tests.test_feedback_cli:shorter_reward]"]) == 0
+    assert ("judge reward:tests.test_feedback_cli:shorter_reward: agrees with the people's majority on 0.667 of 3 decisive "
+            "pairwise items") in capsys.readouterr().out

@@ -115,12 +115,20 @@ def run_add_annotator(config: AddAnnotatorConfig) -> int:
 class StatsConfig(BaseConfig):
     db: str = Field("feedback.sqlite", description="the feedback database")
     json: bool = Field(False, description="print JSON instead of text")
+    judges: list[str] = Field(default_factory=list, description="also the agreement of these judges with the people (as preftune eval's --judges: reward:SPEC, llm, llm:MODEL, http:MODEL)")
+    judge_base_url: str | None = Field(None, description="base URL of an OpenAI-compatible server for http judges")
+    device: str | None = Field(None, description="device of model judges (default: auto)")
 
 
 def run_stats(config: StatsConfig) -> int:
-    from preftune.feedback.stats import feedback_stats, format_stats
+    from preftune.feedback.stats import feedback_stats, format_stats, judge_agreement
 
     stats = feedback_stats(config.db)
+    if config.judges:
+        from preftune.eval.judges import build_judge
+
+        judges = [build_judge(spec, base_url=config.judge_base_url, device=config.device) for spec in config.judges]
+        stats["judges"] = judge_agreement(config.db, judges)
     print(json.dumps(stats, indent=2) if config.json else format_stats(stats))
     return 0
 

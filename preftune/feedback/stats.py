@@ -106,6 +106,31 @@ def position_bias(path: str | Path) -> dict:
     return {"left_wins": left, "decisive": decisive, "rate": left / decisive, "ci_low": float(low), "ci_high": float(high)}
 
 
+def judge_agreement(path: str | Path, judges: list) -> dict:
+    """How often each pairwise judge (``preftune eval``'s judges: a reward model, an LLM judge, ...) agrees with the
+    people: on every pairwise item with a decisive human majority (mean of the answers' 1 / ½ / 0 for the item's first
+    response, ≠ ½), the fraction where the judge's P(first ≻ second) falls on the same side of ½."""
+    items: dict[int, tuple] = {}
+    votes: dict[int, list[float]] = defaultdict(list)
+    for s in read_submissions(path, "pairwise"):
+        if s.skipped:
+            continue
+        items[s.item_id] = (s.prompt, s.responses)
+        w = s.answer["winner"]
+        votes[s.item_id].append(0.5 if w == "tie" else float(w == 0))
+    decisive = [i for i in items if np.mean(votes[i]) != 0.5]
+    out = {}
+    for judge in judges:
+        if not decisive:
+            out[judge.name] = {"items": 0, "agreement": None}
+            continue
+        prefs = judge.compare([items[i][0] for i in decisive], [items[i][1][0] for i in decisive],
+                              [items[i][1][1] for i in decisive]).preferences
+        agree = [(p > 0.5) == (np.mean(votes[i]) > 0.5) and p != 0.5 for p, i in zip(prefs, decisive)]
+        out[judge.name] = {"items": len(decisive), "agreement": float(np.mean(agree))}
+    return out
+
+
 def feedback_stats(path: str | Path) -> dict:
     """Everything ``preftune annotate stats`` and the stats page show, as a JSON-ready dict."""
     subs = read_submissions(path)
@@ -141,6 +166,8 @@ def format_stats(stats: dict) -> str:
     for t, a in stats["agreement"].items():
         lines.append(f"  {t}: {a['units']} units, percent agreement {f(a['percent_agreement'])}, Cohen's kappa "
                      f"{f(a['cohen_kappa'])}, Fleiss' kappa {f(a['fleiss_kappa'])}, Krippendorff's alpha {f(a['krippendorff_alpha'])}")
+    for name, j in stats.get("judges", {}).items():
+        lines.append(f"judge {name}: agrees with the people's majority on {f(j['agreement'])} of {j['items']} decisive pairwise items")
     pb = stats["position_bias"]
     lines += ["", f"position bias: the left answer won {pb['left_wins']} of {pb['decisive']} decisive pairwise choices "
               f"({f(pb['rate'])}, 95% interval {f(pb['ci_low'])}-{f(pb['ci_high'])})"]
