@@ -149,3 +149,24 @@ def test_stats_agreement_of_a_judge_with_the_people(tmp_path, capsys):
     assert main(["annotate", "stats", "--db", str(db), "--judges", "[reward:tests.test_feedback_cli:shorter_reward]"]) == 0
     assert ("judge reward:tests.test_feedback_cli:shorter_reward: agrees with the people's majority on 0.667 of 3 decisive "
             "pairwise items") in capsys.readouterr().out
+
+
+def test_serve_generates_candidates_with_a_model(files, tiny_lm, capsys):
+    from preftune.commands.annotate import ServeConfig, load_items
+
+    db = files / "g.sqlite"
+    store = FeedbackStore(db)
+    config = ServeConfig(db=str(db), prompts=str(files / "prompts.jsonl"), model=str(tiny_lm), num_samples=3, temperature=1.0,
+                         max_new_tokens=6, tasks=["ranking", "rating"])
+    load_items(config, store)
+    rows = store._conn().execute("SELECT task, prompt, responses FROM items ORDER BY id").fetchall()
+    ranking = [r for r in rows if r[0] == "ranking"]
+    rating = [r for r in rows if r[0] == "rating"]
+    # one ranking item per prompt with its distinct sampled answers (2 or 3), one rating item per answer
+    assert [json.loads(r[1]) for r in ranking] == [f"What is {i} + {i}?" for i in range(3)]
+    assert all(2 <= len(json.loads(r[2])) <= 3 for r in ranking)
+    assert len(rating) == sum(len(json.loads(r[2])) for r in ranking)
+    from preftune.errors import PreftuneError
+
+    with pytest.raises(PreftuneError, match="give either --candidates FILE or --model M"):
+        load_items(ServeConfig(db=str(db), prompts="x", model="m", candidates="c"), store)
