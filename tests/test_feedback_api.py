@@ -189,6 +189,7 @@ def test_undo_reopens_the_last_item(client, tokens, store):
     assert r.status_code == 409 and r.json()["error"] == (
         f"assignment {item['assignment_id']} is already answered (undo it first to change the answer)")
     assert client.post("/api/undo", headers=auth(tokens["bob"]), json={}).json() == {"error": "nothing to undo"}
+    assert client.post("/api/undo", headers=auth(tokens["bob"])).json() == {"error": "nothing to undo"}  # no body at all
 
 
 def test_an_annotator_cannot_read_or_write_another_annotators_items(client, tokens, store):
@@ -222,6 +223,8 @@ def test_every_api_call_needs_a_valid_token(client, headers):
 BAD_SUBMISSIONS = [
     (b"{not json", 422, "the request body must be JSON"),
     (b"[1, 2]", 422, "the request body must be a JSON object"),
+    (b"", 422, "assignment_id must be a whole number"),
+    (b"\xff\xfe", 422, "the request body must be JSON"),
     ({"submission_id": "abcdefgh", "assignment_id": 1, "answer": {"choice": "left"}, "vote": 1}, 422, "unexpected field(s): vote"),
     ({"submission_id": "abcdefgh", "assignment_id": "1", "answer": {"choice": "left"}}, 422, "assignment_id must be a whole number"),
     ({"submission_id": "abcdefgh", "assignment_id": True, "answer": {"choice": "left"}}, 422, "assignment_id must be a whole number"),

@@ -64,7 +64,8 @@ async def _json_body(request: Request, limit: int) -> dict:
             raise BodyTooLarge(f"request body over {limit} bytes")
         chunks.append(chunk)
     try:
-        data = json.loads(b"".join(chunks) or b"null")
+        raw = b"".join(chunks)
+        data = json.loads(raw) if raw.strip() else {}  # no body: an empty object (POST /api/undo needs nothing)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise FeedbackError("the request body must be JSON") from None
     if not isinstance(data, dict):
