@@ -66,9 +66,11 @@ def test_an_annotator_answers_every_task_in_a_real_browser(tmp_path):
             errors: list[str] = []
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.goto(f"http://127.0.0.1:{port}/a/{token}")
+            page.wait_for_selector("#app[data-ready='1']")
 
             def wait_done(n: int) -> None:  # (wait_for_function would evaluate a string: the page's CSP forbids that)
                 sync_api.expect(page.locator("#progress")).to_have_text(re.compile(rf"^{n} / 7 done$"))
+                page.wait_for_selector("#app[data-ready='1']")  # keys pressed before the script ran would be lost
 
             # 1. pairwise by clicks: strength "clearly", a comment, then "A is better"
             assert page.inner_text("#progress") == "0 / 7 done"

@@ -239,4 +239,5 @@
       else if (key === "Enter") submitRules();
     }
   });
+  app.dataset.ready = "1";  // the handlers are in place (tests wait for this before pressing keys)
 })();
