@@ -204,6 +204,10 @@ def test_an_annotator_cannot_read_or_write_another_annotators_items(client, toke
     submit(client, tokens["bob"], "bob-00001", bobs["assignment_id"], {"choice": "left"})
     assert client.post("/api/undo", headers=auth(tokens["ann"]), json={}).json() == {"error": "nothing to undo"}
     assert next_item(client, tokens["ann"])["assignment_id"] == mine["assignment_id"]
+    # the admin reads anyone's assignment, but cannot answer it for them
+    assert client.get(f"/api/assignments/{mine['assignment_id']}", headers=auth(tokens["admin"])).json() == mine
+    r = submit(client, tokens["admin"], "admin-0001", mine["assignment_id"], {"choice": "left"})
+    assert r.status_code == 404 and store.submission_ids() == ["bob-00001"]
     # annotators cannot see the statistics API
     assert client.get("/api/stats", headers=auth(tokens["ann"])).status_code == 401
     stats = client.get("/api/stats", headers=auth(tokens["admin"])).json()

@@ -215,16 +215,19 @@ class FeedbackStore:
 
     # -- an annotator's queue ---------------------------------------------------------------------------------
 
-    def _assignment(self, conn, annotator: Annotator, assignment_id: int) -> Assignment:
+    def _assignment(self, conn, annotator: Annotator, assignment_id: int, *, admin_reads_all: bool = False) -> Assignment:
+        anyone = admin_reads_all and annotator.is_admin
         row = conn.execute(
             "SELECT a.id, a.item_id, i.task, i.prompt, i.responses, i.rules, a.shown_order FROM assignments a "
-            "JOIN items i ON i.id = a.item_id WHERE a.id = ? AND a.annotator_id = ?", (assignment_id, annotator.id)).fetchone()
+            "JOIN items i ON i.id = a.item_id WHERE a.id = ? AND (a.annotator_id = ? OR ?)",
+            (assignment_id, annotator.id, int(anyone))).fetchone()
         if row is None:  # someone else's assignment looks exactly like one that does not exist
             raise NotFound(f"no assignment {assignment_id} in your queue")
         return Assignment(row[0], row[1], row[2], json.loads(row[3]), json.loads(row[4]), json.loads(row[5]), json.loads(row[6]))
 
     def get_assignment(self, annotator: Annotator, assignment_id: int) -> Assignment:
-        return self._assignment(self._conn(), annotator, assignment_id)
+        """One of the annotator's assignments (the admin may read anyone's; nobody writes another's)."""
+        return self._assignment(self._conn(), annotator, assignment_id, admin_reads_all=True)
 
     def next_assignment(self, annotator: Annotator) -> Assignment | None:
         """The annotator's oldest unanswered assignment, else a newly assigned item; None when there is no more work."""
