@@ -65,6 +65,11 @@ def _is_bool(annotation: Any) -> bool:
     return annotation is bool or bool in typing.get_args(annotation)
 
 
+def _is_list(annotation: Any) -> bool:
+    """A ``list[...]`` option (or ``list[...] | None``)."""
+    return typing.get_origin(annotation) is list or any(typing.get_origin(a) is list for a in typing.get_args(annotation))
+
+
 def _text_only(annotation: Any) -> bool:
     """Whether an option takes only text: ``str``, a ``Literal`` of strings, or either of them or None."""
     if annotation is str:
@@ -188,6 +193,19 @@ def parse_args(command: Command, argv: Sequence[str]) -> BaseModel:
                     and argv[i + 1].lower() not in ("true", "false", "1", "0", "yes", "no"))):
                 value = not negated
                 i += 1
+            elif _is_list(annotation) and not eq:
+                # a list option takes every value up to the next flag: --models A B C (or one YAML list: "[A, B]")
+                values = []
+                i += 1
+                while i < len(argv) and not argv[i].startswith("--"):
+                    values.append(argv[i])
+                    i += 1
+                if not values:
+                    raise ConfigError(f"{where}: option --{key.replace('_', '-')} needs a value")
+                parsed = parse_value(values[0]) if len(values) == 1 else None
+                value = parsed if isinstance(parsed, list) else values
+                overrides.append((key, value))
+                continue
             else:
                 if i + 1 >= len(argv):
                     raise ConfigError(f"{where}: option --{key.replace('_', '-')} needs a value")

@@ -130,3 +130,50 @@ def test_checkpoint_labels():
     assert _checkpoint_name("/runs/dpo/final") == "dpo"
     assert _checkpoint_name("/runs/dpo/checkpoints/step-8/model") == "step-8"
     assert _checkpoint_name("smollm2-135m-instruct") == "smollm2-135m-instruct"
+
+
+def test_generate_k_samples_from_several_models_records_model_seed_and_sample(tiny_dirs, tmp_path):
+    out = tmp_path / "cands.jsonl"
+    assert main(["generate", "--models", tiny_dirs[0], tiny_dirs[1], "--num-samples", "3", "--temperature", "1.0",
+                 "--seed", "7", "--prompts", str(FIXTURES / "prompts.jsonl"), "--output", str(out),
+                 "--max-new-tokens", "5", "--limit", "2"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # prompt-major, then model, then sample
+    assert [(r["prompt"], r["generator"], r["sample"]) for r in rows] == [
+        (p, m, s) for p in ("What is 2 + 2?", "How do I bake bread?") for m in tiny_dirs for s in range(3)]
+    assert all(r["seed"] == 7 and 1 <= r["tokens"] <= 5 for r in rows)
+    # sampled: the 3 responses of one prompt and model are not all the same
+    first = [r["response"] for r in rows[:3]]
+    assert len(set(first)) > 1
+
+
+def test_generate_k_samples_prefills_each_prompt_once(tiny_dirs):
+    from preftune.commands.evaluate import GenerateConfig, generate_responses
+    from preftune.generation import engine as engine_mod
+    from preftune.models.loading import load_model, load_tokenizer
+
+    calls = []
+    real = engine_mod.group_by_prompt
+
+    def spy(prompts):
+        unique, members = real(prompts)
+        calls.append((len(prompts), len(unique)))
+        return unique, members
+
+    model, tok = load_model(tiny_dirs[0]), load_tokenizer(tiny_dirs[0])
+    config = GenerateConfig(prompts="x", output="y", temperature=1.0, max_new_tokens=3, batch_size=2)
+    engine_mod.group_by_prompt = spy
+    try:
+        out = generate_responses(model, tok, ["a b", "c d e", "f"], config, num_samples=4)
+    finally:
+        engine_mod.group_by_prompt = real
+    assert len(out) == 12
+    # batches of 2 prompts × 4 rows; each batch prefills its 2 (then 1) distinct prompts once
+    assert calls == [(8, 2), (4, 1)]
+
+
+def test_generate_num_samples_needs_sampling(tiny_dirs, tmp_path, capsys):
+    assert main(["generate", "--model", tiny_dirs[0], "--num-samples", "4", "--prompts", str(FIXTURES / "prompts.jsonl"),
+                 "--output", str(tmp_path / "x.jsonl")]) == 2
+    assert ("--num-samples 4 with --temperature 0 (greedy) would give 4 identical responses; set --temperature (e.g. 0.8)"
+            in capsys.readouterr().err)

@@ -39,6 +39,8 @@ class SamplingOptions(BaseConfig):
 
 class GenerateConfig(SamplingOptions):
     model: str = Field("smollm2-135m-instruct", description="model: the default, a local folder, a GGUF file or a hub id")
+    models: list[str] = Field(default_factory=list, description="several models side by side (--models A B ...; replaces --model)")
+    num_samples: int = Field(1, ge=1, description="responses sampled per prompt and model (K > 1 needs --temperature > 0)")
     prompts: str = Field(description="prompt set: a file with a prompt / instruction / question / messages field")
     output: str = Field(description="where to write the JSON lines of prompt / response")
 
@@ -69,38 +71,60 @@ class _Models:
         return self.cache[key]
 
 
-def generate_responses(model, tokenizer, prompts, config) -> list[dict]:
-    """Responses for internal prompts with the sampling options of ``config``: dicts of text, finished, tokens."""
+def generate_responses(model, tokenizer, prompts, config, num_samples: int = 1) -> list[dict]:
+    """``num_samples`` responses for each internal prompt with the sampling options of ``config``: dicts of response,
+    finished, tokens, prompt-major (the k responses of prompt i are items ``i*k .. i*k+k-1``).
+
+    The k rows of a prompt sit next to each other in one batch (``batch_size`` prompts × k rows), so the engine
+    prefills each prompt once and copies its cache to its k rows.
+    """
     from preftune.data.tokenize import encode_prompt
     from preftune.generation.engine import HFEngine
 
     ids = [encode_prompt(tokenizer, p) for p in prompts]  # in the format _Models settled on this tokenizer
-    out = HFEngine(model, tokenizer, batch_size=config.batch_size,
-                   decode_dtype=config.decode_dtype).generate(ids, _sampling(config))
+    rows = [i for i in ids for _ in range(num_samples)]
+    out = HFEngine(model, tokenizer, batch_size=config.batch_size * num_samples,
+                   decode_dtype=config.decode_dtype).generate(rows, _sampling(config))
     return [{"response": t, "finished": f, "tokens": len(s)} for t, f, s in zip(out.texts, out.finished, out.sequences)]
 
 
 def run_generate(config: GenerateConfig) -> int:
     from preftune.eval.data import load_prompt_set
 
+    if config.num_samples > 1 and config.temperature == 0:
+        raise PreftuneError(f"--num-samples {config.num_samples} with --temperature 0 (greedy) would give {config.num_samples} "
+                            "identical responses; set --temperature (e.g. 0.8)")
+    names = config.models or [config.model]
     items = load_prompt_set(config.prompts, field=config.prompt_field, limit=config.limit)
-    model, tokenizer = _Models(config.device, config.dtype, config.chat_template).get(config.model)
-    results = generate_responses(model, tokenizer, [i.prompt for i in items], config)
+    models = _Models(config.device, config.dtype, config.chat_template)
+    by_model = {}
+    for name in names:
+        model, tokenizer = models.get(name)
+        by_model[name] = generate_responses(model, tokenizer, [i.prompt for i in items], config, config.num_samples)
+        models.cache.clear()  # one model in memory at a time
     out = Path(config.output)
     out.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
     with out.open("w", encoding="utf-8") as f:
-        for item, res in zip(items, results):
-            row = {"prompt": item.prompt, "response": res["response"], "generator": config.model,
-                   "finished": res["finished"], "tokens": res["tokens"]}
-            if item.reference is not None:
-                row["reference"] = item.reference
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"wrote {len(results)} responses to {out}")
+        for n, item in enumerate(items):
+            for name in names:
+                k = config.num_samples
+                for sample, res in enumerate(by_model[name][n * k:(n + 1) * k]):
+                    # the draws of one run come from one generator seeded with --seed: (seed, sample) names a response
+                    row = {"prompt": item.prompt, "response": res["response"], "generator": name,
+                           "seed": config.seed if config.temperature > 0 else None, "sample": sample,
+                           "finished": res["finished"], "tokens": res["tokens"]}
+                    if item.reference is not None:
+                        row["reference"] = item.reference
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    count += 1
+    print(f"wrote {count} responses ({len(items)} prompts × {len(names)} model(s) × {config.num_samples}) to {out}")
     return 0
 
 
 GENERATE = Command("generate", "Generate responses for a prompt set with a model", GenerateConfig, run_generate,
-                   description="Generate one response per prompt (greedy by default) and write JSON lines of prompt / response.")
+                   description="Generate responses (one per prompt, greedy by default; or --num-samples K sampled ones, from one "
+                               "or --models several models) and write JSON lines of prompt / response / generator / seed / sample.")
 
 
 # -- eval ---------------------------------------------------------------------------------------------------

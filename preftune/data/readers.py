@@ -1,4 +1,5 @@
-"""Reading rows from files: JSONL (optionally gzipped), JSON, CSV, Parquet, a saved ``datasets`` folder, or a hub id.
+"""Reading rows from files: JSONL (optionally gzipped), JSON, CSV, Parquet, a saved ``datasets`` folder, a hub id, or
+a ``preftune annotate`` feedback database (``.sqlite``: its preference pairs, see :mod:`preftune.data.feedback_db`).
 
 Every reader yields ``(row_number, dict)`` with 1-based row numbers as a person counts them (the line of a
 JSONL file, the data row of a CSV not counting its header), so errors can name the row.
@@ -146,6 +147,11 @@ def read_rows(path: str | Path, split: str | None = None) -> Iterator[tuple[int,
             raise DataError("is a folder with no data files (.jsonl, .json, .csv, .parquet) and no saved dataset", file=str(p))
         for f in files:  # a folder of shards: rows numbered per file, errors name the shard
             yield from read_rows(f)
+        return
+    if p.is_file() and p.name.lower().endswith((".sqlite", ".sqlite3", ".db")):  # a `preftune annotate` database
+        from preftune.data.feedback_db import read_feedback_db
+
+        yield from read_feedback_db(p)
         return
     if p.exists():
         kind = _kind(p)
