@@ -32,6 +32,7 @@ class OveroptimizationConfig(BaseConfig):
     proxy_learning_rate: float = Field(1e-5, gt=0)
     proxy_batch_size: int = Field(8, ge=1)
     proxy_lora: bool = Field(False, description="train the proxy with LoRA adapters")
+    proxy_normalize_examples: int = Field(128, ge=2, description="training responses for the proxy's reward normalisation")
     bon_prompts: int = Field(32, ge=1, description="prompts for the best-of-n curve")
     max_n: int = Field(16, ge=1, description="samples per prompt for best-of-n; the curve covers n = 1, 2, 4, ..., max_n")
     rl_method: Literal["rloo", "ppo", "none"] = Field("rloo", description="RL against the proxy (none: best-of-n only)")
@@ -100,7 +101,7 @@ def run_overoptimization(config: OveroptimizationConfig) -> int:
             data=str(out / "labels.jsonl"), format="preference", output_dir=str(out / "proxy"),
             model=config.proxy_model or config.model, learning_rate=config.proxy_learning_rate,
             batch_size=config.proxy_batch_size, num_epochs=config.proxy_epochs, max_steps=config.proxy_steps,
-            lora=config.proxy_lora, eval_fraction=0.1, seed=config.seed, dtype=config.dtype))
+            lora=config.proxy_lora, normalize_examples=config.proxy_normalize_examples, eval_fraction=0.1, seed=config.seed, dtype=config.dtype))
         proxy_path = train_summary["final"]
         summary["labels"] = counts
         summary["proxy_training"] = {k: train_summary.get(k) for k in ("steps", "train_examples", "train_seconds", "eval")}
