@@ -65,7 +65,6 @@ def run_overoptimization(config: OveroptimizationConfig) -> int:
     import torch
 
     from preftune.commands.reward import RewardTrainConfig
-    from preftune.eval import report as rp
     from preftune.generation.engine import HFEngine, SamplingParams
     from preftune.models.loading import load_model, load_tokenizer
     from preftune.models.lora import frozen_copy
@@ -114,6 +113,7 @@ def run_overoptimization(config: OveroptimizationConfig) -> int:
                                          max_n=config.max_n, params=params, batch_size=config.reward_batch_size)
     write_jsonl(samples, out / "best_of_n_samples.jsonl")
     summary["best_of_n_prompts"] = len(bon_idx)
+    _write(summary, points, out)  # before RL: a stopped run keeps the best-of-n curve
 
     if config.rl_method != "none":
         from preftune.rl.loop import OnlineSettings
@@ -137,17 +137,23 @@ def run_overoptimization(config: OveroptimizationConfig) -> int:
         summary["rl"] = {"method": config.rl_method, "steps": config.rl_steps, "prompts_per_step": config.rl_batch_size,
                          "samples_per_prompt": k, "kl_coef": config.rl_kl_coef}
 
-    summary["points"] = [p.as_dict() for p in points]
-    (out / "overoptimization.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    png = rp.plot_overoptimization(summary["points"])
-    (out / "overoptimization.png").write_bytes(png)
-    report = rp.Report("preftune reward over-optimisation")
-    add_report_section(report, summary, str(out / "overoptimization.json"))
-    report.write(out)
+    _write(summary, points, out)
     for p in points:
         _say(f"{p.method} {'n' if p.method == 'best_of_n' else 'step'}={p.x}: KL {p.kl:.3f}, proxy {p.proxy:.3f}, gold {p.gold:.3f}")
     _say(f"wrote {out / 'overoptimization.json'}, overoptimization.png and report.html")
     return 0
+
+
+def _write(summary: dict, points: list, out: Path) -> None:
+    """overoptimization.json, overoptimization.png and report.html, as they stand."""
+    from preftune.eval import report as rp
+
+    summary["points"] = [p.as_dict() for p in points]
+    (out / "overoptimization.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "overoptimization.png").write_bytes(rp.plot_overoptimization(summary["points"]))
+    report = rp.Report("preftune reward over-optimisation")
+    add_report_section(report, summary, str(out / "overoptimization.json"))
+    report.write(out)
 
 
 def add_report_section(report, summary: dict, source: str = "") -> None:

@@ -53,7 +53,6 @@ class RedTeamConfig(BaseConfig):
 def run_redteam(config: RedTeamConfig) -> int:
     import torch
 
-    from preftune.eval import report as rp
     from preftune.eval import redteam as rt
     from preftune.eval.scoring import prompt_ids
     from preftune.generation.engine import HFEngine
@@ -87,10 +86,26 @@ def run_redteam(config: RedTeamConfig) -> int:
         encode_target=lambda text: prompt_ids(target_tok, text, config.target_chat_template),
         scorer=scorer, settings=settings)
     red_team.zero_shot(config.zero_shot)
+    summary = _write(config, red_team, out)  # after every stage: a stopped run keeps what it found
     if config.few_shot:
         red_team.few_shot(config.few_shot, config.few_shot_rounds)
+        summary = _write(config, red_team, out)
     if config.rl_steps:
         _rl_stage(config, red_team, attacker, attacker_tok, out)
+        summary = _write(config, red_team, out)
+    for row in summary["stages"]:
+        rate = row["failure_rate"]
+        print(f"{row['stage']}: {row['failures']} failures of {row['test_cases']} test cases"
+              + (f" ({rate['value']:.3f}, 95% CI [{rate['ci_low']:.3f}, {rate['ci_high']:.3f}])" if rate else "")
+              + (f", self-BLEU {row['self_bleu']:.1f}" if row["self_bleu"] is not None else ""), file=sys.stderr)
+    print(f"wrote {out / 'test_cases.jsonl'}, failures.jsonl, summary.json and report.html", file=sys.stderr)
+    return 0
+
+
+def _write(config: RedTeamConfig, red_team, out: Path) -> dict:
+    """test_cases.jsonl, failures.jsonl (and refusal_pairs.jsonl), summary.json and the report, as they stand."""
+    from preftune.eval import redteam as rt
+    from preftune.eval import report as rp
 
     summary = red_team.summary()
     summary.update({"target": config.target, "attacker": config.attacker})
@@ -102,13 +117,7 @@ def run_redteam(config: RedTeamConfig) -> int:
     report = rp.Report("preftune red teaming")
     rt.add_report_section(report, summary, str(out / "summary.json"))
     report.write(out)
-    for row in summary["stages"]:
-        rate = row["failure_rate"]
-        print(f"{row['stage']}: {row['failures']} failures of {row['test_cases']} test cases"
-              + (f" ({rate['value']:.3f}, 95% CI [{rate['ci_low']:.3f}, {rate['ci_high']:.3f}])" if rate else "")
-              + (f", self-BLEU {row['self_bleu']:.1f}" if row["self_bleu"] is not None else ""), file=sys.stderr)
-    print(f"wrote {out / 'test_cases.jsonl'}, failures.jsonl, summary.json and report.html", file=sys.stderr)
-    return 0
+    return summary
 
 
 def _rl_stage(config: RedTeamConfig, red_team, attacker, attacker_tok, out: Path) -> None:
