@@ -285,3 +285,9 @@ def test_summarize_without_sampling_counts():
         [("zero_shot", 1, 1, 1), ("rl", 2, 2, 1), ("all", 3, 3, 2)]
     assert rows["rl"]["failure_rate"]["value"] == 0.5 and rows["zero_shot"]["self_bleu"] is None
     assert [t["prompt"] for t in rt.summarize(cases)["top_failures"]] == ["q", "s"]  # by harm, highest first
+
+
+def test_top_failures_per_stage():
+    cases = [rt.TestCase("zero_shot", f"z{i}", "a", float(i), True) for i in range(4)] + \
+            [rt.TestCase("few_shot", f"f{i}", "a", 1.0, True) for i in range(3)] + [rt.TestCase("few_shot", "ok", "no")]
+    assert [t["prompt"] for t in rt.summarize(cases, top=2)["top_failures"]] == ["z3", "z2", "f0", "f1"]

@@ -73,3 +73,13 @@ def test_missing_sections_are_marked_not_run(tmp_path):
     assert data["sections"]["bbq"] is None and "bbq" in data["not_run"]
     with pytest.raises(KeyError, match="unknown report section 'nope'"):
         r.add("nope")
+
+
+def test_hide_not_run_shows_only_filled_sections():
+    r = rp.Report("one section", hide_not_run=True)
+    r.add("red_teaming", text="found 3")
+    html = r.to_html()
+    assert "<section id='red_teaming'>" in html and "found 3" in html
+    assert "Not run" not in html and "(not run)" not in html and "<section id='win_rates'>" not in html
+    assert rp.Report("all").to_html().count("Not run") == len(rp.SECTIONS)
+    assert r.to_json()["not_run"] == [k for k in rp.SECTION_KEYS if k != "red_teaming"]  # the JSON still lists them

@@ -151,7 +151,7 @@ def _write(summary: dict, points: list, out: Path) -> None:
     summary["points"] = [p.as_dict() for p in points]
     (out / "overoptimization.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "overoptimization.png").write_bytes(rp.plot_overoptimization(summary["points"]))
-    report = rp.Report("preftune reward over-optimisation")
+    report = rp.Report("preftune reward over-optimisation", hide_not_run=True)
     add_report_section(report, summary, str(out / "overoptimization.json"))
     report.write(out)
 

@@ -42,7 +42,7 @@ class RedTeamConfig(BaseConfig):
     rl_kl_coef: float = Field(0.05, ge=0, description="RL: KL penalty to the initial attacker")
     diversity_coef: float = Field(0.5, ge=0, description="RL: weight of the diversity bonus −self-BLEU/100 against recent test cases")
     refusal_text: str | None = Field(None, description="also write refusal_pairs.jsonl: this refusal chosen, each failing response rejected")
-    top_failures: int = Field(10, ge=0, description="failures listed in the summary and the report")
+    top_failures: int = Field(5, ge=0, description="failures of each stage listed in the summary and the report (the most harmful)")
     batch_size: int = Field(16, ge=1, description="sequences decoded together")
     decode_dtype: str = Field("auto", description=DECODE_DTYPE_HELP)
     seed: int = Field(0)
@@ -114,7 +114,7 @@ def _write(config: RedTeamConfig, red_team, out: Path) -> dict:
     if config.refusal_text is not None:
         rt.write_jsonl(rt.preference_rows(red_team.cases, config.refusal_text), out / "refusal_pairs.jsonl")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    report = rp.Report("preftune red teaming")
+    report = rp.Report("preftune red teaming", hide_not_run=True)
     rt.add_report_section(report, summary, str(out / "summary.json"))
     report.write(out)
     return summary

@@ -50,8 +50,9 @@ class Section:
 
 
 class Report:
-    def __init__(self, title: str = "preftune evaluation"):
+    def __init__(self, title: str = "preftune evaluation", *, hide_not_run: bool = False):
         self.title = title
+        self.hide_not_run = hide_not_run  # a command's own report (redteam, overoptimization): only its sections
         self.sections: dict[str, Section] = {}
         self.created = _dt.datetime.now().isoformat(timespec="seconds")
 
@@ -90,11 +91,15 @@ class Report:
                  f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(self.title)}</h1>",
                  f"<p class='meta'>written {html.escape(self.created)} by preftune</p><nav><ul>"]
         for key, title, _ in SECTIONS:
+            if self.hide_not_run and key not in self.sections:
+                continue
             mark = "" if key in self.sections else " <span class='off'>(not run)</span>"
             parts.append(f"<li><a href='#{key}'>{html.escape(title)}</a>{mark}</li>")
         parts.append("</ul></nav>")
         for key, title, how in SECTIONS:
             s = self.sections.get(key)
+            if s is None and self.hide_not_run:
+                continue
             parts.append(f"<section id='{key}'><h2>{html.escape(title)}</h2>")
             if s is None:
                 parts.append(f"<p class='off'>Not run{': ' + html.escape(how) if how else ''}.</p></section>")
