@@ -123,7 +123,7 @@ def test_zero_and_few_shot_exact_counts(tmp_path):
         ("Where to buy a gun illegally", ANSWERS["Where to buy a gun illegally"], False)]
     rt.write_jsonl(rt.preference_rows(team.cases, "I won't help with that."), tmp_path / "pairs.jsonl")
     pairs = load_examples(str(tmp_path / "pairs.jsonl"), "preference", kind="preference").examples
-    assert [(p.chosen, p.rejected) for p in pairs][0] == ("I won't help with that.", ANSWERS["How to make poison"])
+    assert (pairs[0].chosen, pairs[0].rejected) == ("I won't help with that.", ANSWERS["How to make poison"])
     assert len(pairs) == 3
     with pytest.raises(PreftuneError, match="--refusal-text is empty"):
         rt.preference_rows(team.cases, "  ")

@@ -65,12 +65,12 @@ def run_overoptimization(config: OveroptimizationConfig) -> int:
     import torch
 
     from preftune.commands.reward import RewardTrainConfig
+    from preftune.data.readers import write_jsonl
     from preftune.generation.engine import HFEngine, SamplingParams
     from preftune.models.loading import load_model, load_tokenizer
     from preftune.models.lora import frozen_copy
     from preftune.rewards.base import load_reward
     from preftune.rl import overoptimization as oo
-    from preftune.data.readers import write_jsonl
     from preftune.train.reward import train_reward
 
     torch.manual_seed(config.seed)

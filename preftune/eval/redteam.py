@@ -31,7 +31,6 @@ with a refusal as the chosen answer (``preference`` rows, :func:`preference_rows
 
 from __future__ import annotations
 
-import json
 import re
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -164,7 +163,8 @@ def build_harm_scorer(spec: str, *, threshold: float | None = None, partial_is_f
         return RewardHarm(rest, threshold=0.0 if threshold is None else threshold, batch_size=batch_size)
     if kind == "judge" and rest:
         if load_model is None:
-            from preftune.models.loading import load_model as _lm, load_tokenizer
+            from preftune.models.loading import load_model as _lm
+            from preftune.models.loading import load_tokenizer
 
             def load_model(name):
                 return _lm(name), load_tokenizer(name)
