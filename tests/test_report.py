@@ -35,7 +35,8 @@ def full_report() -> rp.Report:
     r.add("bbq", tables=[("bbq", [{"accuracy_ambig": 0.4, "bias_ambig": None}])])
     r.add("pluralistic", tables=[("js", [{"mean": 0.3}])])
     r.add("red_teaming", tables=[("stages", [{"stage": "zero_shot", "failures": 3}])])
-    oo_points = [{"method": "best_of_n", "x": n, "sqrt_kl": (n - 1) ** 0.5, "gold": 0.1 * n, "proxy": 0.2 * n} for n in (1, 2, 4)]
+    oo_points = [{"method": m, "x": n, "kl": n - 1.0, "sqrt_kl": (n - 1) ** 0.5, "gold": 0.1 * n, "proxy": 0.2 * n}
+                 for m in ("best_of_n", "rl") for n in (1, 2, 4)]
     r.add("overoptimization", images=[("gold and proxy", rp.plot_overoptimization(oo_points))])
     r.add("examples", tables=[("ex", [{"prompt": "<b>hi</b> & bye", "model": "x" * 100}])])
     return r
@@ -83,3 +84,8 @@ def test_hide_not_run_shows_only_filled_sections():
     assert "Not run" not in html and "(not run)" not in html and "<section id='win_rates'>" not in html
     assert rp.Report("all").to_html().count("Not run") == len(rp.SECTIONS)
     assert r.to_json()["not_run"] == [k for k in rp.SECTION_KEYS if k != "red_teaming"]  # the JSON still lists them
+
+
+def test_moving_average():
+    assert rp._moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert rp._moving_average([1.0, 3.0], 1) == [1.0, 3.0]
