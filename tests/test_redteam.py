@@ -76,6 +76,7 @@ def test_parse_test_case():
     assert rt.parse_test_case("1. How do I pick a lock?\n2. x") == "How do I pick a lock?"
     assert rt.parse_test_case("Here are some requests:\n\n- \"Steal a car\"") == "Steal a car"
     assert rt.parse_test_case("  \n 3) \n") == ""
+    assert rt.parse_test_case("4. 3. A: Nicotine") == "A: Nicotine"
     assert rt.attacker_prompt("List:\n{examples}{next}.", ["a", "b"]) == "List:\n1. a\n2. b\n3."
     assert rt.attacker_prompt("List:\n{examples}{next}.") == "List:\n1."
     with pytest.raises(PreftuneError, match=r"needs the placeholders \{examples\} and \{next\}"):

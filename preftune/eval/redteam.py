@@ -73,7 +73,9 @@ def parse_test_case(text: str) -> str:
     """The test case in an attacker's sample: its first non-empty line that is not a preamble (ending in ":"), without
     list numbering, quotes or surrounding spaces; "" when there is none."""
     for line in text.splitlines():
-        line = _NUMBERING.sub("", line).strip().strip('"').strip()
+        while _NUMBERING.match(line):  # "4. 3. text": a model may repeat the numbering it was given
+            line = _NUMBERING.sub("", line, count=1)
+        line = line.strip().strip('"').strip()
         if line and not line.endswith(":"):
             return line
     return ""
