@@ -35,7 +35,8 @@ def full_report() -> rp.Report:
     r.add("bbq", tables=[("bbq", [{"accuracy_ambig": 0.4, "bias_ambig": None}])])
     r.add("pluralistic", tables=[("js", [{"mean": 0.3}])])
     r.add("red_teaming", tables=[("stages", [{"stage": "zero_shot", "failures": 3}])])
-    oo_points = [{"method": "best_of_n", "x": n, "sqrt_kl": (n - 1) ** 0.5, "gold": 0.1 * n, "proxy": 0.2 * n} for n in (1, 2, 4)]
+    oo_points = [{"method": m, "x": n, "kl": n - 1.0, "sqrt_kl": (n - 1) ** 0.5, "gold": 0.1 * n, "proxy": 0.2 * n}
+                 for m in ("best_of_n", "rl") for n in (1, 2, 4)]
     r.add("overoptimization", images=[("gold and proxy", rp.plot_overoptimization(oo_points))])
     r.add("examples", tables=[("ex", [{"prompt": "<b>hi</b> & bye", "model": "x" * 100}])])
     return r
@@ -74,3 +75,18 @@ def test_missing_sections_are_marked_not_run(tmp_path):
     assert data["sections"]["bbq"] is None and "bbq" in data["not_run"]
     with pytest.raises(KeyError, match="unknown report section 'nope'"):
         r.add("nope")
+
+
+def test_hide_not_run_shows_only_filled_sections():
+    r = rp.Report("one section", hide_not_run=True)
+    r.add("red_teaming", text="found 3")
+    html = r.to_html()
+    assert "<section id='red_teaming'>" in html and "found 3" in html
+    assert "Not run" not in html and "(not run)" not in html and "<section id='win_rates'>" not in html
+    assert rp.Report("all").to_html().count("<li>") == 1 + len(rp.SECTIONS)  # nav "Not run" + one item per section
+    assert r.to_json()["not_run"] == [k for k in rp.SECTION_KEYS if k != "red_teaming"]  # the JSON still lists them
+
+
+def test_moving_average():
+    assert rp._moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert rp._moving_average([1.0, 3.0], 1) == [1.0, 3.0]

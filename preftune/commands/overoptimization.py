@@ -32,6 +32,7 @@ class OveroptimizationConfig(BaseConfig):
     proxy_learning_rate: float = Field(1e-5, gt=0)
     proxy_batch_size: int = Field(8, ge=1)
     proxy_lora: bool = Field(False, description="train the proxy with LoRA adapters")
+    proxy_normalize_examples: int = Field(128, ge=2, description="training responses for the proxy's reward normalisation")
     bon_prompts: int = Field(32, ge=1, description="prompts for the best-of-n curve")
     max_n: int = Field(16, ge=1, description="samples per prompt for best-of-n; the curve covers n = 1, 2, 4, ..., max_n")
     rl_method: Literal["rloo", "ppo", "none"] = Field("rloo", description="RL against the proxy (none: best-of-n only)")
@@ -64,13 +65,12 @@ def run_overoptimization(config: OveroptimizationConfig) -> int:
     import torch
 
     from preftune.commands.reward import RewardTrainConfig
-    from preftune.eval import report as rp
+    from preftune.data.readers import write_jsonl
     from preftune.generation.engine import HFEngine, SamplingParams
     from preftune.models.loading import load_model, load_tokenizer
     from preftune.models.lora import frozen_copy
     from preftune.rewards.base import load_reward
     from preftune.rl import overoptimization as oo
-    from preftune.data.readers import write_jsonl
     from preftune.train.reward import train_reward
 
     torch.manual_seed(config.seed)
@@ -100,7 +100,7 @@ def run_overoptimization(config: OveroptimizationConfig) -> int:
             data=str(out / "labels.jsonl"), format="preference", output_dir=str(out / "proxy"),
             model=config.proxy_model or config.model, learning_rate=config.proxy_learning_rate,
             batch_size=config.proxy_batch_size, num_epochs=config.proxy_epochs, max_steps=config.proxy_steps,
-            lora=config.proxy_lora, eval_fraction=0.1, seed=config.seed, dtype=config.dtype))
+            lora=config.proxy_lora, normalize_examples=config.proxy_normalize_examples, eval_fraction=0.1, seed=config.seed, dtype=config.dtype))
         proxy_path = train_summary["final"]
         summary["labels"] = counts
         summary["proxy_training"] = {k: train_summary.get(k) for k in ("steps", "train_examples", "train_seconds", "eval")}
@@ -113,6 +113,7 @@ def run_overoptimization(config: OveroptimizationConfig) -> int:
                                          max_n=config.max_n, params=params, batch_size=config.reward_batch_size)
     write_jsonl(samples, out / "best_of_n_samples.jsonl")
     summary["best_of_n_prompts"] = len(bon_idx)
+    _write(summary, points, out)  # before RL: a stopped run keeps the best-of-n curve
 
     if config.rl_method != "none":
         from preftune.rl.loop import OnlineSettings
@@ -136,17 +137,23 @@ def run_overoptimization(config: OveroptimizationConfig) -> int:
         summary["rl"] = {"method": config.rl_method, "steps": config.rl_steps, "prompts_per_step": config.rl_batch_size,
                          "samples_per_prompt": k, "kl_coef": config.rl_kl_coef}
 
-    summary["points"] = [p.as_dict() for p in points]
-    (out / "overoptimization.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    png = rp.plot_overoptimization(summary["points"])
-    (out / "overoptimization.png").write_bytes(png)
-    report = rp.Report("preftune reward over-optimisation")
-    add_report_section(report, summary, str(out / "overoptimization.json"))
-    report.write(out)
+    _write(summary, points, out)
     for p in points:
         _say(f"{p.method} {'n' if p.method == 'best_of_n' else 'step'}={p.x}: KL {p.kl:.3f}, proxy {p.proxy:.3f}, gold {p.gold:.3f}")
     _say(f"wrote {out / 'overoptimization.json'}, overoptimization.png and report.html")
     return 0
+
+
+def _write(summary: dict, points: list, out: Path) -> None:
+    """overoptimization.json, overoptimization.png and report.html, as they stand."""
+    from preftune.eval import report as rp
+
+    summary["points"] = [p.as_dict() for p in points]
+    (out / "overoptimization.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "overoptimization.png").write_bytes(rp.plot_overoptimization(summary["points"]))
+    report = rp.Report("preftune reward over-optimisation", hide_not_run=True)
+    add_report_section(report, summary, str(out / "overoptimization.json"))
+    report.write(out)
 
 
 def add_report_section(report, summary: dict, source: str = "") -> None:

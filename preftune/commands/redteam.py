@@ -42,7 +42,7 @@ class RedTeamConfig(BaseConfig):
     rl_kl_coef: float = Field(0.05, ge=0, description="RL: KL penalty to the initial attacker")
     diversity_coef: float = Field(0.5, ge=0, description="RL: weight of the diversity bonus −self-BLEU/100 against recent test cases")
     refusal_text: str | None = Field(None, description="also write refusal_pairs.jsonl: this refusal chosen, each failing response rejected")
-    top_failures: int = Field(10, ge=0, description="failures listed in the summary and the report")
+    top_failures: int = Field(5, ge=0, description="failures of each stage listed in the summary and the report (the most harmful)")
     batch_size: int = Field(16, ge=1, description="sequences decoded together")
     decode_dtype: str = Field("auto", description=DECODE_DTYPE_HELP)
     seed: int = Field(0)
@@ -53,7 +53,6 @@ class RedTeamConfig(BaseConfig):
 def run_redteam(config: RedTeamConfig) -> int:
     import torch
 
-    from preftune.eval import report as rp
     from preftune.eval import redteam as rt
     from preftune.data.tokenize import encode_prompt
     from preftune.generation.engine import HFEngine
@@ -87,10 +86,26 @@ def run_redteam(config: RedTeamConfig) -> int:
         encode_target=lambda text: encode_prompt(target_tok, text, use_chat_template=config.target_chat_template),
         scorer=scorer, settings=settings)
     red_team.zero_shot(config.zero_shot)
+    summary = _write(config, red_team, out)  # after every stage: a stopped run keeps what it found
     if config.few_shot:
         red_team.few_shot(config.few_shot, config.few_shot_rounds)
+        summary = _write(config, red_team, out)
     if config.rl_steps:
         _rl_stage(config, red_team, attacker, attacker_tok, out)
+        summary = _write(config, red_team, out)
+    for row in summary["stages"]:
+        rate = row["failure_rate"]
+        print(f"{row['stage']}: {row['failures']} failures of {row['test_cases']} test cases"
+              + (f" ({rate['value']:.3f}, 95% CI [{rate['ci_low']:.3f}, {rate['ci_high']:.3f}])" if rate else "")
+              + (f", self-BLEU {row['self_bleu']:.1f}" if row["self_bleu"] is not None else ""), file=sys.stderr)
+    print(f"wrote {out / 'test_cases.jsonl'}, failures.jsonl, summary.json and report.html", file=sys.stderr)
+    return 0
+
+
+def _write(config: RedTeamConfig, red_team, out: Path) -> dict:
+    """test_cases.jsonl, failures.jsonl (and refusal_pairs.jsonl), summary.json and the report, as they stand."""
+    from preftune.eval import redteam as rt
+    from preftune.eval import report as rp
 
     summary = red_team.summary()
     summary.update({"target": config.target, "attacker": config.attacker})
@@ -99,16 +114,10 @@ def run_redteam(config: RedTeamConfig) -> int:
     if config.refusal_text is not None:
         rt.write_jsonl(rt.preference_rows(red_team.cases, config.refusal_text), out / "refusal_pairs.jsonl")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    report = rp.Report("preftune red teaming")
+    report = rp.Report("preftune red teaming", hide_not_run=True)
     rt.add_report_section(report, summary, str(out / "summary.json"))
     report.write(out)
-    for row in summary["stages"]:
-        rate = row["failure_rate"]
-        print(f"{row['stage']}: {row['failures']} failures of {row['test_cases']} test cases"
-              + (f" ({rate['value']:.3f}, 95% CI [{rate['ci_low']:.3f}, {rate['ci_high']:.3f}])" if rate else "")
-              + (f", self-BLEU {row['self_bleu']:.1f}" if row["self_bleu"] is not None else ""), file=sys.stderr)
-    print(f"wrote {out / 'test_cases.jsonl'}, failures.jsonl, summary.json and report.html", file=sys.stderr)
-    return 0
+    return summary
 
 
 def _rl_stage(config: RedTeamConfig, red_team, attacker, attacker_tok, out: Path) -> None:

@@ -73,7 +73,9 @@ def parse_test_case(text: str) -> str:
     """The test case in an attacker's sample: its first non-empty line that is not a preamble (ending in ":"), without
     list numbering, quotes or surrounding spaces; "" when there is none."""
     for line in text.splitlines():
-        line = _NUMBERING.sub("", line).strip().strip('"').strip()
+        while _NUMBERING.match(line):  # "4. 3. text": a model may repeat the numbering it was given
+            line = _NUMBERING.sub("", line, count=1)
+        line = line.strip().strip('"').strip()
         if line and not line.endswith(":"):
             return line
     return ""
@@ -163,7 +165,8 @@ def build_harm_scorer(spec: str, *, threshold: float | None = None, partial_is_f
         return RewardHarm(rest, threshold=0.0 if threshold is None else threshold, batch_size=batch_size)
     if kind == "judge" and rest:
         if load_model is None:
-            from preftune.models.loading import load_model as _lm, load_tokenizer
+            from preftune.models.loading import load_model as _lm
+            from preftune.models.loading import load_tokenizer
 
             def load_model(name):
                 return _lm(name), load_tokenizer(name)
@@ -204,7 +207,7 @@ class RedTeamSettings:
     target_max_new_tokens: int = 96
     target_temperature: float = 0.0  # greedy: the target's usual answer to each test case
     seed: int = 0
-    top_failures: int = 10
+    top_failures: int = 5  # per stage
 
     def attacker_params(self, seed: int) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.attacker_max_new_tokens, temperature=self.attacker_temperature,
@@ -358,7 +361,8 @@ def diversity(texts: Sequence[str]) -> dict:
 
 
 def summarize(cases: Sequence[TestCase], counts: dict[str, StageCounts] | None = None, *, scorer: str = "", top: int = 10) -> dict:
-    """Per stage and overall: test cases, failures, failure rate with its 95 % interval, diversity; the top failures."""
+    """Per stage and overall: test cases, failures, failure rate with its 95 % interval, diversity; the ``top`` failures
+    of each stage."""
     counts = counts or {}
     stages = [s for s in STAGES if any(c.stage == s for c in cases) or s in counts]
     rows = []
@@ -372,7 +376,8 @@ def summarize(cases: Sequence[TestCase], counts: dict[str, StageCounts] | None =
         row["failure_rate"] = rate_with_ci([float(c.failure) for c in sel]).as_dict() if sel else None
         row.update(diversity([c.prompt for c in sel]) if sel else {"self_bleu": None, "distinct_1": None, "distinct_2": None})
         rows.append(row)
-    worst = sorted((c for c in cases if c.failure), key=lambda c: -c.harm)[:top]
+    # the ``top`` most harmful failures of each stage (a binary scorer ties them all: then the first found)
+    worst = [c for stage in stages for c in sorted((c for c in cases if c.failure and c.stage == stage), key=lambda c: -c.harm)[:top]]
     return {"scorer": scorer, "stages": rows, "top_failures": [c.as_dict() for c in worst]}
 
 
@@ -425,6 +430,9 @@ def add_report_section(report, summary: dict, source: str = "") -> None:
             f"({summary.get('scorer', '')}) flags. Failure rate with a 95% bootstrap interval. Diversity of the test "
             "cases: self-BLEU (0–100, lower = more diverse) and distinct-n (share of distinct n-grams). "
             "Perez et al. 2022.")
+    if str(summary.get("scorer", "")).startswith("refusal"):
+        text += ("\n\nWith the refusal scorer every answer that does not refuse is a failure, whether or not the test "
+                 "case really asked for something harmful: read the top failures before reading the rate as harm.")
     if source:
         text += f"\n\nFrom {source}."
     tops = [{"stage": t["stage"], "harm": round(t["harm"], 3), "test case": t["prompt"], "response": t["response"]}

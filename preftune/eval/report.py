@@ -51,8 +51,9 @@ class Section:
 
 
 class Report:
-    def __init__(self, title: str = "preftune evaluation"):
+    def __init__(self, title: str = "preftune evaluation", *, hide_not_run: bool = False):
         self.title = title
+        self.hide_not_run = hide_not_run  # a command's own report (redteam, overoptimization): no "Not run" list
         self.sections: dict[str, Section] = {}
         self.created = _dt.datetime.now().isoformat(timespec="seconds")
 
@@ -90,7 +91,8 @@ class Report:
         parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>",
                  f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(self.title)}</h1>",
                  f"<p class='meta'>written {html.escape(self.created)} by preftune</p><nav><ul>"]
-        missing = [(key, title, how) for key, title, how in SECTIONS if key not in self.sections]
+        # a command's own report (redteam, overoptimization) lists no unrun sections at all
+        missing = [] if self.hide_not_run else [(key, title, how) for key, title, how in SECTIONS if key not in self.sections]
         for key, title, _ in SECTIONS:
             if key in self.sections:
                 parts.append(f"<li><a href='#{key}'>{html.escape(title)}</a></li>")
@@ -295,23 +297,40 @@ def plot_rates_by_group(rows: Sequence[dict], *, group_key: str, value_key: str 
     return _png(plt, fig)
 
 
+def _moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over the last ``window`` values (fewer at the start)."""
+    return [sum(values[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
+
+
 def plot_overoptimization(points: Sequence[dict]) -> bytes:
     """Gold and proxy reward against sqrt(KL) (Gao et al. 2022, Fig. 1), one panel per method. ``points``: dicts with
-    ``method`` (best_of_n | rl), ``x`` (n or step), ``sqrt_kl``, ``gold``, ``proxy``."""
+    ``method`` (best_of_n | rl), ``x`` (n or step), ``kl``, ``sqrt_kl``, ``gold``, ``proxy``. RL points are per-step
+    rollout estimates, noisy with a few samples a step: they are drawn faintly, with trailing means over
+    ``max(1, steps // 5)`` steps (KL averaged before the square root) joined in step order."""
     methods = [m for m in ("best_of_n", "rl") if any(p["method"] == m for p in points)]
     plt, fig = _figure(5.2 * max(1, len(methods)), 3.8)
     for i, m in enumerate(methods):
         ax = fig.add_subplot(1, len(methods), i + 1)
         pts = sorted((p for p in points if p["method"] == m), key=lambda p: p["x"])
-        xs = [p["sqrt_kl"] for p in pts]
-        ax.plot(xs, [p["gold"] for p in pts], "o-", color="#c44", label="gold")
-        ax.plot(xs, [p["proxy"] for p in pts], "s--", color="#48c", label="proxy")
-        every = max(1, len(pts) // 8)  # label at most ~8 points: n for best-of-n, the step for RL (joined in step order)
-        for j, p in enumerate(pts):
+        if m == "best_of_n":
+            xs = [p["sqrt_kl"] for p in pts]
+            gold, proxy, labels = [p["gold"] for p in pts], [p["proxy"] for p in pts], [f"n={p['x']}" for p in pts]
+            title = "best-of-n against the proxy"
+        else:
+            w = max(1, len(pts) // 5)
+            ax.scatter([p["sqrt_kl"] for p in pts], [p["gold"] for p in pts], s=8, color="#c44", alpha=0.25)
+            ax.scatter([p["sqrt_kl"] for p in pts], [p["proxy"] for p in pts], s=8, color="#48c", alpha=0.25)
+            xs = [max(k, 0.0) ** 0.5 for k in _moving_average([p["kl"] for p in pts], w)]
+            gold, proxy = _moving_average([p["gold"] for p in pts], w), _moving_average([p["proxy"] for p in pts], w)
+            labels = [str(p["x"]) for p in pts]
+            title = f"RL against the proxy (mean of {w} steps; labels: step)" if w > 1 else "RL against the proxy (labels: step)"
+        ax.plot(xs, gold, "o-", color="#c44", label="gold", ms=4)
+        ax.plot(xs, proxy, "s--", color="#48c", label="proxy", ms=4)
+        every = max(1, len(pts) // 8)  # label at most ~8 points
+        for j in range(len(pts)):
             if j % every == 0 or j == len(pts) - 1:
-                label = f"n={p['x']}" if m == "best_of_n" else f"{p['x']}"
-                ax.annotate(label, (p["sqrt_kl"], p["proxy"]), textcoords="offset points", xytext=(3, 4), fontsize=7)
-        ax.set_title("best-of-n against the proxy" if m == "best_of_n" else "RL against the proxy (labels: step)", fontsize=10)
+                ax.annotate(labels[j], (xs[j], proxy[j]), textcoords="offset points", xytext=(3, 4), fontsize=7)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("sqrt KL(π ‖ π_init)  (nats^½)")
         ax.set_ylabel("mean reward")
         ax.grid(alpha=0.3)
