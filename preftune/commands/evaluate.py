@@ -129,6 +129,9 @@ class EvalConfig(SamplingOptions):
     bbq: list[str] = Field(default_factory=list, description="BBQ JSONL files")
     pluralistic: str | None = Field(None, description="JSONL of opinion questions with human answer distributions")
     suite_limit: int | None = Field(None, ge=1, description="cap on items per suite (per file for BBQ)")
+    models: list[str] = Field(default_factory=list, description="a leaderboard: models (names, folders) or files of their responses, compared in round-robin pairs on --prompts by each of --judges")
+    model_names: list[str] = Field(default_factory=list, description="labels of --models (default: folder or file names)")
+    leaderboard_anchor: str | None = Field(None, description="the model rated 1000 on the leaderboard (default: the mean rating is 1000)")
     toxicity: str | None = Field(None, description="prompts to continue for toxicity (RealToxicityPrompts rows, or a prompt/text field)")
     toxicity_samples: int = Field(25, ge=1, description="continuations sampled per toxicity prompt (k; 25 in Gehman et al. 2020)")
     toxicity_max_new_tokens: int = Field(20, ge=1, description="most tokens per toxicity continuation (20 in the paper)")
@@ -273,6 +276,9 @@ def run_eval(config: EvalConfig) -> int:
                 ex.append(row)
             report.add("examples", tables=[("first prompts", ex)], data=ex)
 
+    if config.models:
+        add_leaderboard_section(report, config, models, items, out_dir)
+
     # -- text metrics ----------------------------------------------------------------------------------------
     if responses_a is not None and config.references != "none":
         refs = None
@@ -398,6 +404,61 @@ def run_eval(config: EvalConfig) -> int:
     html_path, json_path = report.write(out_dir)
     print(f"wrote {html_path} and {json_path}")
     return 0
+
+
+def _is_generations_file(entry: str) -> bool:
+    path = Path(entry)
+    return path.is_file() and path.suffix.lower() != ".gguf"
+
+
+def add_leaderboard_section(report, config: EvalConfig, models: _Models, items, out_dir: Path) -> None:
+    from preftune.eval import report as rp
+    from preftune.eval.data import align_responses, load_generations
+    from preftune.eval.judges import build_judge
+    from preftune.eval.leaderboard import leaderboard, round_robin
+
+    if not items:
+        raise PreftuneError("--models needs --prompts: the prompts every model answers")
+    if not config.judges:
+        raise PreftuneError("--models needs --judges: who compares the models' answers")
+    if config.model_names and len(config.model_names) != len(config.models):
+        raise PreftuneError(f"--model-names has {len(config.model_names)} labels for {len(config.models)} models")
+    names = config.model_names or [Path(m).stem if _is_generations_file(m) else _checkpoint_name(m) for m in config.models]
+    if len(set(names)) != len(names):
+        raise PreftuneError(f"the leaderboard's models need distinct labels, got {names} (give --model-names)")
+    prompts = [it.prompt for it in items]
+    responses: dict[str, list[str]] = {}
+    for name, entry in zip(names, config.models):
+        if _is_generations_file(entry):
+            responses[name] = align_responses(items, load_generations(entry), entry)
+        else:
+            model, tok = models.get(entry)
+            responses[name] = [r["response"] for r in generate_responses(model, tok, prompts, config)]
+    with (out_dir / "leaderboard_generations.jsonl").open("w", encoding="utf-8") as f:
+        for name in names:
+            for p, r in zip(prompts, responses[name]):
+                f.write(json.dumps({"model": name, "prompt": p, "response": r}, ensure_ascii=False) + "\n")
+    boards, tables, images = {}, [], []
+    for spec in config.judges:
+        default = models.get(None) if spec == "llm" else (None, None)
+        judge = build_judge(spec, base_url=config.judge_base_url, api_key_env=config.judge_api_key_env,
+                            default_model=default[0], default_tokenizer=default[1], device=config.device,
+                            batch_size=config.scoring_batch_size, reward_mode=config.judge_reward_mode)
+        board = leaderboard(round_robin(judge, prompts, responses), n_resamples=config.bootstrap_samples, seed=config.seed,
+                            anchor_model=config.leaderboard_anchor)
+        boards[judge.name] = board
+        tables.append((f"ratings by {judge.name}", [{"rank": k + 1, "model": r["model"], "rating": round(r["rating"], 1),
+                                                     "95% CI": f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]", "battles": r["battles"],
+                                                     "mean P(win)": round(r["win_rate"], 3)} for k, r in enumerate(board["ratings"])]))
+        tables.append((f"P(row beats column) by {judge.name}", [{"model": a, **{b: (None if v is None else round(v, 3)) for b, v in row.items()}}
+                                                                  for a, row in board["win_matrix"].items()]))
+        images.append((f"ratings by {judge.name}", rp.plot_ratings(board["ratings"], title=judge.name)))
+    anchor = f"{config.leaderboard_anchor} is rated 1000" if config.leaderboard_anchor else "the mean rating is 1000"
+    report.add("leaderboard", text=(f"{len(names)} models answered {len(prompts)} prompts; every pair was judged on every prompt "
+                                    f"({len(prompts) * len(names) * (len(names) - 1) // 2} battles per judge). Bradley–Terry ratings by "
+                                    f"maximum likelihood on the Elo scale (400 points = 10:1 odds; {anchor}), as Chatbot Arena computes "
+                                    "them; 95% intervals from resampling the battles."),
+               tables=tables, images=images, data={"models": dict(zip(names, config.models)), "judges": boards})
 
 
 def add_toxicity_section(report, config: EvalConfig, model, tokenizer) -> None:
