@@ -132,6 +132,7 @@ class EvalConfig(SamplingOptions):
     models: list[str] = Field(default_factory=list, description="a leaderboard: models (names, folders) or files of their responses, compared in round-robin pairs on --prompts by each of --judges")
     model_names: list[str] = Field(default_factory=list, description="labels of --models (default: folder or file names)")
     leaderboard_anchor: str | None = Field(None, description="the model rated 1000 on the leaderboard (default: the mean rating is 1000)")
+    human_judgements: str | None = Field(None, description="human judgements (human:FILE or FILE, the feedback app's JSONL, optional annotator field): each of --judges' agreement with the people, theirs with each other, position and length bias")
     toxicity: str | None = Field(None, description="prompts to continue for toxicity (RealToxicityPrompts rows, or a prompt/text field)")
     toxicity_samples: int = Field(25, ge=1, description="continuations sampled per toxicity prompt (k; 25 in Gehman et al. 2020)")
     toxicity_max_new_tokens: int = Field(20, ge=1, description="most tokens per toxicity continuation (20 in the paper)")
@@ -278,6 +279,8 @@ def run_eval(config: EvalConfig) -> int:
 
     if config.models:
         add_leaderboard_section(report, config, models, items, out_dir)
+    if config.human_judgements:
+        add_agreement_section(report, config, models)
 
     # -- text metrics ----------------------------------------------------------------------------------------
     if responses_a is not None and config.references != "none":
@@ -459,6 +462,49 @@ def add_leaderboard_section(report, config: EvalConfig, models: _Models, items, 
                                     f"maximum likelihood on the Elo scale (400 points = 10:1 odds; {anchor}), as Chatbot Arena computes "
                                     "them; 95% intervals from resampling the battles."),
                tables=tables, images=images, data={"models": dict(zip(names, config.models)), "judges": boards})
+
+
+def add_agreement_section(report, config: EvalConfig, models: _Models) -> None:
+    from preftune.eval import agreement as ag
+    from preftune.eval.judges import build_judge
+
+    path = config.human_judgements.removeprefix("human:")
+    pairs = ag.read_human_pairs(path)
+    people = ag.human_statistics(pairs, margin=config.tie_margin)
+    prompts, a, b = [p.prompt for p in pairs], [p.response_a for p in pairs], [p.response_b for p in pairs]
+    judges = {}
+    for spec in (j for j in config.judges if not j.startswith("human:")):
+        default = models.get(None) if spec == "llm" else (None, None)
+        judge = build_judge(spec, base_url=config.judge_base_url, api_key_env=config.judge_api_key_env,
+                            default_model=default[0], default_tokenizer=default[1], device=config.device,
+                            batch_size=config.scoring_batch_size, reward_mode=config.judge_reward_mode)
+        result = judge.compare(prompts, a, b)
+        judges[judge.name] = ag.judge_agreement(result.preferences, pairs, margin=config.tie_margin,
+                                                single_order=ag.single_order_probabilities(result.details),
+                                                n_resamples=config.bootstrap_samples, seed=config.seed)
+
+    def share(x):
+        return "–" if x is None else round(x, 3)
+
+    rows = [{"rater": "people (one held-out annotator)", "pairs": people["pairs"], "agreement with the people's mode": "–",
+             "leave-one-out agreement": share(people["loo_agreement"]), "first slot wins": share(people["first_slot_wins"]),
+             "longer answer wins": share(people["longer_wins"])}]
+    rows += [{"rater": name, "pairs": j["pairs"], "agreement with the people's mode": _rate_str(j["agreement"]),
+              "leave-one-out agreement": share(j["loo_agreement"]),
+              "first slot wins": share(j["first_slot_wins"]) if j["first_slot_wins"] is not None else "– (sees no order)",
+              "longer answer wins": share(j["longer_wins"])} for name, j in judges.items()]
+    several = people["pairs_with_several"]
+    report.add("judge_agreement", text=(
+        f"{people['judgements']} human judgements of {people['pairs']} answer pairs from {path} ({people['annotators']} named "
+        f"annotators; {several} pairs judged by several people). Agreement with the people's mode: the judge's verdict (a, b or "
+        "tie) is the most common human verdict (equal modes share the credit), 95% bootstrap interval over pairs. Leave-one-out "
+        "(AlpacaFarm, Dubois et al. 2023): each human judgement in turn is held out and compared with the mode of the others; the "
+        "people's row is how well one person predicts the others, a judge's row how well it predicts the same targets, so a judge "
+        "near the people's figure is as good as one more annotator. First slot wins: share of decisive verdicts for the answer shown "
+        "first (0.5 = no position bias). Longer answer wins: share of decisive verdicts, on pairs of unequal length in words, for the "
+        "longer answer (compare a judge with the people)." + ("" if several else " No pair has several judgements: the leave-one-out "
+                                                                         "figures need at least two per pair.")),
+               tables=[("judge–human agreement", rows)], data={"file": path, "humans": people, "judges": judges})
 
 
 def add_toxicity_section(report, config: EvalConfig, model, tokenizer) -> None:
