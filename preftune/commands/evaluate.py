@@ -278,7 +278,8 @@ def run_eval(config: EvalConfig) -> int:
             report.add("examples", tables=[("first prompts", ex)], data=ex)
 
     if config.models:
-        add_leaderboard_section(report, config, models, items, out_dir)
+        known = {config.model: responses_a} if config.model and responses_a is not None and gen_items is None else {}
+        add_leaderboard_section(report, config, models, items, out_dir, known)
     if config.human_judgements:
         add_agreement_section(report, config, models)
 
@@ -414,7 +415,8 @@ def _is_generations_file(entry: str) -> bool:
     return path.is_file() and path.suffix.lower() != ".gguf"
 
 
-def add_leaderboard_section(report, config: EvalConfig, models: _Models, items, out_dir: Path) -> None:
+def add_leaderboard_section(report, config: EvalConfig, models: _Models, items, out_dir: Path, known: dict | None = None) -> None:
+    """``known``: responses already generated with these sampling options, by model name (not generated again)."""
     from preftune.eval import report as rp
     from preftune.eval.data import align_responses, load_generations
     from preftune.eval.judges import build_judge
@@ -434,6 +436,8 @@ def add_leaderboard_section(report, config: EvalConfig, models: _Models, items, 
     for name, entry in zip(names, config.models):
         if _is_generations_file(entry):
             responses[name] = align_responses(items, load_generations(entry), entry)
+        elif known and entry in known:
+            responses[name] = list(known[entry])
         else:
             model, tok = models.get(entry)
             responses[name] = [r["response"] for r in generate_responses(model, tok, prompts, config)]
@@ -453,7 +457,7 @@ def add_leaderboard_section(report, config: EvalConfig, models: _Models, items, 
         tables.append((f"ratings by {judge.name}", [{"rank": k + 1, "model": r["model"], "rating": round(r["rating"], 1),
                                                      "95% CI": f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]", "battles": r["battles"],
                                                      "mean P(win)": round(r["win_rate"], 3)} for k, r in enumerate(board["ratings"])]))
-        tables.append((f"P(row beats column) by {judge.name}", [{"model": a, **{b: (None if v is None else round(v, 3)) for b, v in row.items()}}
+        tables.append((f"P(row beats column) by {judge.name}", [{"model": a, **{b: (None if row.get(b) is None else round(row[b], 3)) for b in names}}
                                                                   for a, row in board["win_matrix"].items()]))
         images.append((f"ratings by {judge.name}", rp.plot_ratings(board["ratings"], title=judge.name)))
     anchor = f"{config.leaderboard_anchor} is rated 1000" if config.leaderboard_anchor else "the mean rating is 1000"
@@ -496,7 +500,7 @@ def add_agreement_section(report, config: EvalConfig, models: _Models) -> None:
     several = people["pairs_with_several"]
     report.add("judge_agreement", text=(
         f"{people['judgements']} human judgements of {people['pairs']} answer pairs from {path} ({people['annotators']} named "
-        f"annotators; {several} pairs judged by several people). Agreement with the people's mode: the judge's verdict (a, b or "
+        f"annotator(s); {several} pairs judged by several people). Agreement with the people's mode: the judge's verdict (a, b or "
         "tie) is the most common human verdict (equal modes share the credit), 95% bootstrap interval over pairs. Leave-one-out "
         "(AlpacaFarm, Dubois et al. 2023): each human judgement in turn is held out and compared with the mode of the others; the "
         "people's row is how well one person predicts the others, a judge's row how well it predicts the same targets, so a judge "
