@@ -34,6 +34,11 @@ def full_report() -> rp.Report:
     r.add("truthfulqa", tables=[("tqa", [{"metric": "mc1", "value": 0.25}])])
     r.add("bbq", tables=[("bbq", [{"accuracy_ambig": 0.4, "bias_ambig": None}])])
     r.add("pluralistic", tables=[("js", [{"mean": 0.3}])])
+    r.add("toxicity", images=[("toxicity", rp.plot_interval_bars(["all", "toxic"], {"emt": [_rate(0.4), _rate(0.6)], "prob": [_rate(0.3), None]},
+                                                                 ylabel="score"))])
+    r.add("leaderboard", images=[("ratings", rp.plot_ratings([{"model": "a", "rating": 1050.0, "ci_low": 1000.0, "ci_high": 1100.0},
+                                                              {"model": "b", "rating": 950.0, "ci_low": 900.0, "ci_high": 1000.0}]))])
+    r.add("judge_agreement", tables=[("agreement", [{"rater": "llm", "leave-one-out agreement": 0.6}])])
     r.add("examples", tables=[("ex", [{"prompt": "<b>hi</b> & bye", "model": "x" * 100}])])
     return r
 
@@ -44,7 +49,7 @@ def test_html_has_every_section_and_embedded_images(tmp_path):
     for key, title, _ in rp.SECTIONS:
         assert f"<section id='{key}'>" in html
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
-    assert len(images) == 5  # wins, length histogram, frontier, curves, per-type rates
+    assert len(images) == 7  # wins, length histogram, frontier, curves, per-type rates, toxicity, ratings
     for b64 in images:
         assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
     # self-contained: no external resources, no scripts
