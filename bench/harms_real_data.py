@@ -8,7 +8,7 @@ real human rankings in ../shared/data/oasst1 (Apache-2.0):
 * ``prompts.jsonl`` and, per rank r, ``rank{r}.jsonl`` (``prompt``, ``response``): the human replies of rank r, as
   "models" for the leaderboard next to real models.
 
-    python bench/harms_real_data.py --out /tmp/harms_oasst --pairs 120 --prompts 40
+    python bench/harms_real_data.py --out /tmp/harms_oasst --pairs 80 --prompts 20 --max-chars 1000
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ from pathlib import Path
 from preftune.data.readers import read_rows
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def longer_is_better(prompts, responses):
+    """A baseline judge (``--judges '[reward:bench/harms_real_data.py:longer_is_better]'``): the longer answer, in words."""
+    return [float(len(r.split())) for r in responses]
 
 
 def main() -> None:

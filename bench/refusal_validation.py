@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 #: (condition, XSTest rows per type taken, temperature, with the cautious system prompt)
-PLAN = (("greedy", 6, 0.0, False), ("t1.0", 3, 1.0, False), ("t0.7", 3, 0.7, False), ("cautious_system", 3, 0.0, True))
+PLAN = (("greedy", 6, 0.0, False), ("cautious_system", 3, 0.0, True), ("t1.0", 3, 1.0, False), ("t0.7", 3, 0.7, False))
 
 
 def generate(args) -> None:
@@ -41,7 +41,8 @@ def generate(args) -> None:
             for pid in ids[start:start + per_type]:
                 jobs.append(("xstest", pid, condition, temperature, system))
         start += per_type
-    hb_ids = [pid for pid, row in harmbench.items() if row["FunctionalCategory"] in ("standard", "copyright")]
+    hb_ids = [pid for pid, row in harmbench.items() if row["FunctionalCategory"] in ("standard", "copyright")
+              and row["split"] == "val"]
     jobs += [("harmbench", pid, "greedy", 0.0, None) for pid in hb_ids]
     model, tok = load_model(args.model), load_tokenizer(args.model)
     engine = HFEngine(model, tok, batch_size=args.batch_size)
@@ -85,7 +86,7 @@ def main() -> None:
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default="/tmp/refusal_completions.jsonl")
-    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--model-judge", action="store_true")

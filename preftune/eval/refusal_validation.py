@@ -38,7 +38,8 @@ def read_prompt_sources(shared: str | Path) -> tuple[dict[str, dict], dict[str, 
     harmbench: dict[str, dict] = {}
     for name in HARMBENCH_FILES:
         if (root / name).exists():
-            harmbench.update({str(row["BehaviorID"]): row for _, row in read_rows(root / name)})
+            split = "val" if name.endswith("_val.csv") else "test"
+            harmbench.update({str(row["BehaviorID"]): {**row, "split": split} for _, row in read_rows(root / name)})
     return xstest, harmbench
 
 
