@@ -38,6 +38,11 @@ def full_report() -> rp.Report:
     oo_points = [{"method": m, "x": n, "kl": n - 1.0, "sqrt_kl": (n - 1) ** 0.5, "gold": 0.1 * n, "proxy": 0.2 * n}
                  for m in ("best_of_n", "rl") for n in (1, 2, 4)]
     r.add("overoptimization", images=[("gold and proxy", rp.plot_overoptimization(oo_points))])
+    r.add("toxicity", images=[("toxicity", rp.plot_interval_bars(["all", "toxic"], {"emt": [_rate(0.4), _rate(0.6)], "prob": [_rate(0.3), None]},
+                                                                 ylabel="score"))])
+    r.add("leaderboard", images=[("ratings", rp.plot_ratings([{"model": "a", "rating": 1050.0, "ci_low": 1000.0, "ci_high": 1100.0},
+                                                              {"model": "b", "rating": 950.0, "ci_low": 900.0, "ci_high": 1000.0}]))])
+    r.add("judge_agreement", tables=[("agreement", [{"rater": "llm", "leave-one-out agreement": 0.6}])])
     r.add("examples", tables=[("ex", [{"prompt": "<b>hi</b> & bye", "model": "x" * 100}])])
     return r
 
@@ -48,7 +53,7 @@ def test_html_has_every_section_and_embedded_images(tmp_path):
     for key, title, _ in rp.SECTIONS:
         assert f"<section id='{key}'>" in html
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
-    assert len(images) == 6  # wins, length histogram, frontier, curves, per-type rates, over-optimisation
+    assert len(images) == 8  # wins, length histogram, frontier, curves, per-type rates, over-optimisation, toxicity, ratings
     for b64 in images:
         assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
     # self-contained: no external resources, no scripts

@@ -16,7 +16,7 @@ Judges here:
   model, key from an environment variable), reading ``top_logprobs`` when the server gives them, else the
   letter it answered; both orders.
 * :class:`HumanJudge`: judgements collected from people (the feedback app writes them as JSON lines
-  ``{"prompt", "response_a", "response_b", "preference"}``; ``preference`` is ``"a"``, ``"b"``, ``"tie"`` or a
+  ``{"prompt", "response_a", "response_b", "preference"}`` and an optional ``annotator``; ``preference`` is ``"a"``, ``"b"``, ``"tie"`` or a
   number in [0, 1]).
 
 :func:`build_judge` makes any of them from a spec string (what ``preftune eval --judges`` takes).

@@ -30,6 +30,9 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("training_curves", "Training curves", "pass run folders with --runs"),
     ("harmful", "Refusal of harmful requests", "give --harmful FILE.csv"),
     ("over_refusal", "Over-refusal (XSTest-style)", "give --xstest FILE.csv"),
+    ("toxicity", "Toxicity of continuations (RealToxicityPrompts-style)", "give --toxicity FILE.jsonl"),
+    ("leaderboard", "Leaderboard (Bradley–Terry ratings)", "give --models A B C ... and --judges"),
+    ("judge_agreement", "Judge–human agreement", "give --human-judgements FILE and --judges"),
     ("truthfulqa", "TruthfulQA multiple choice", "give --truthfulqa FILE.csv"),
     ("bbq", "BBQ bias", "give --bbq FILE.jsonl"),
     ("pluralistic", "Distributional (pluralistic) alignment", "give --pluralistic FILE.jsonl"),
@@ -335,4 +338,42 @@ def plot_overoptimization(points: Sequence[dict]) -> bytes:
         ax.set_ylabel("mean reward")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return _png(plt, fig)
+
+
+def plot_interval_bars(groups: Sequence[str], series: dict[str, Sequence[dict | None]], *, ylabel: str, ylim=(0, 1)) -> bytes:
+    """Grouped vertical bars with 95 % intervals: ``series[name][i]`` is ``{"value", "ci_low", "ci_high"}`` (or None)
+    for ``groups[i]``."""
+    plt, fig = _figure()
+    ax = fig.add_subplot(111)
+    width = 0.8 / max(1, len(series))
+    for j, (name, vals) in enumerate(series.items()):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
+        ys = [v["value"] if v else float("nan") for v in vals]
+        err = [[v["value"] - v["ci_low"] if v else 0 for v in vals], [v["ci_high"] - v["value"] if v else 0 for v in vals]]
+        ax.bar(xs, ys, width, yerr=err, capsize=3, label=name)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    return _png(plt, fig)
+
+
+def plot_ratings(rows: Sequence[dict], *, title: str = "") -> bytes:
+    """Ratings with intervals, best at the top: ``rows`` of ``{"model", "rating", "ci_low", "ci_high"}``."""
+    rows = sorted(rows, key=lambda r: r["rating"], reverse=True)
+    plt, fig = _figure(6.4, max(2.4, 0.45 * len(rows) + 1.2))
+    ax = fig.add_subplot(111)
+    ys = range(len(rows))
+    ax.errorbar([r["rating"] for r in rows], list(ys), xerr=[[r["rating"] - r["ci_low"] for r in rows], [r["ci_high"] - r["rating"] for r in rows]],
+                fmt="o", capsize=4)
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels([str(r["model"]) for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("Bradley–Terry rating, Elo scale (95% bootstrap CI)")
+    ax.grid(axis="x", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
     return _png(plt, fig)
