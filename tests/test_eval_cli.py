@@ -85,6 +85,9 @@ def test_frontier_then_eval_with_every_suite(tiny_dirs, tmp_path):
                  "--harmful", str(FIXTURES / "harmful_harmbench.csv"), "--xstest", str(FIXTURES / "xstest_small.csv"),
                  "--truthfulqa", str(FIXTURES / "truthfulqa_small.csv"), "--bbq", f"[{FIXTURES / 'bbq_small.jsonl'}]",
                  "--pluralistic", str(FIXTURES / "opinions.jsonl"), "--runs", f"[{run}]", "--frontier", str(fr / "frontier.json"),
+                 "--toxicity", str(FIXTURES / "toxicity_prompts.jsonl"), "--toxicity-samples", "2", "--toxicity-max-new-tokens", "2",
+                 "--toxicity-scorer", "fn:tests.test_toxicity:fake_scorer", "--models", json.dumps(tiny_dirs), "--model-names", "[a, b]",
+                 "--human-judgements", f"human:{FIXTURES / 'human_judgements_annotators.jsonl'}",
                  "--perplexity", "--output-dir", str(out), "--bootstrap-samples", "50", "--no-bertscore"]) == 0
     data = json.loads((out / "report.json").read_text())
     assert data["not_run"] == []
