@@ -19,7 +19,7 @@ def longer_is_better(prompts, responses):
 
 
 def test_pairs_are_grouped_and_orientation_flipped():
-    pairs = read_human_pairs(FIXTURES / "human_judgements.jsonl")
+    pairs = read_human_pairs(FIXTURES / "human_judgements_annotators.jsonl")
     assert [(p.prompt, p.votes, p.annotators, p.shown_first) for p in pairs] == [
         ("p1", [1.0, 1.0, 0.0], ["u1", "u2", "u3"], [True, True, True]),
         ("p2", [1.0, 0.0, 1.0], ["u1", "u2", "u3"], [True, True, False]),  # u3 saw them swapped and chose the long one
@@ -28,7 +28,7 @@ def test_pairs_are_grouped_and_orientation_flipped():
 
 
 def test_people_hand_computed():
-    s = human_statistics(read_human_pairs(FIXTURES / "human_judgements.jsonl"))
+    s = human_statistics(read_human_pairs(FIXTURES / "human_judgements_annotators.jsonl"))
     # leave-one-out over p1 (a, a, b) and p2 (a, b, a):
     #   p1: hold u1 -> others {a, b} tie for the mode: 1/2; u2 likewise 1/2; u3 (b) vs mode a: 0      -> 1
     #   p2: hold u1 (a) -> others {b, a}: 1/2; u2 (b) vs mode a: 0; u3 (a) -> others {a, b}: 1/2        -> 1
@@ -41,7 +41,7 @@ def test_people_hand_computed():
 
 
 def test_judge_hand_computed():
-    pairs = read_human_pairs(FIXTURES / "human_judgements.jsonl")
+    pairs = read_human_pairs(FIXTURES / "human_judgements_annotators.jsonl")
     judge = RewardJudge("tests.test_agreement:longer_is_better", mode="hard")
     result = judge.compare([p.prompt for p in pairs], [p.response_a for p in pairs], [p.response_b for p in pairs])
     assert result.preferences == [0.0, 1.0, 0.0]  # the longer answer: b, a, b
@@ -54,7 +54,7 @@ def test_judge_hand_computed():
 
 
 def test_position_bias_of_a_judge_that_always_picks_the_first_slot():
-    pairs = read_human_pairs(FIXTURES / "human_judgements.jsonl")
+    pairs = read_human_pairs(FIXTURES / "human_judgements_annotators.jsonl")
     details = {"p_a_first": [0.9, 0.8, 0.7], "p_a_swapped": [0.6, 0.5, 0.9]}  # 0.5 is not decisive
     probs = single_order_probabilities(details)
     j = judge_agreement([0.65, 0.65, 0.4], pairs, single_order=probs, n_resamples=10)
@@ -81,7 +81,7 @@ def test_eval_judge_agreement_section(tmp_path):
     from preftune.cli import main
 
     out = tmp_path / "report"
-    assert main(["eval", "--human-judgements", f"human:{FIXTURES / 'human_judgements.jsonl'}", "--judges",
+    assert main(["eval", "--human-judgements", f"human:{FIXTURES / 'human_judgements_annotators.jsonl'}", "--judges",
                  "[reward:tests.test_agreement:longer_is_better]", "--judge-reward-mode", "hard", "--bootstrap-samples", "50",
                  "--output-dir", str(out)]) == 0
     data = json.loads((out / "report.json").read_text())["sections"]["judge_agreement"]["data"]
