@@ -170,3 +170,20 @@ def test_overoptimization_command_end_to_end(tmp_path, chatml_tokenizer):
     assert "labels" not in summary2 and not (out2 / "labels.jsonl").exists()
     assert [(p["method"], p["x"]) for p in summary2["points"]] == [("best_of_n", 1), ("best_of_n", 2), ("rl", 1)]
     assert summary2["rl"]["method"] == "ppo"
+
+
+def test_benchmark_gold_rule_hand_computed():
+    from pathlib import Path
+
+    from preftune.rewards.base import load_reward
+
+    # loaded the way the benchmark names it (a file:function reward spec)
+    fn = load_reward(f"{Path(__file__).resolve().parents[1] / 'bench' / 'overoptimization_gold.py'}:gold")
+
+    def gold(prompt, response):
+        return fn([prompt], [response]).item()
+
+    # content words of the prompt (4+ letters): bake, bread, home -> all used (relevance 1); 12 distinct words of 12
+    assert gold("How do I bake bread at home?", "Mix flour, water, salt and yeast, then bake the bread at home.") == 1.0
+    assert gold("x", "the the the the") == -0.75  # no content words (relevance 0), variety 1/4
+    assert gold("bake bread", "") == -1.0
