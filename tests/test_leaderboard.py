@@ -6,13 +6,17 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from preftune.errors import PreftuneError
-from preftune.eval.leaderboard import Battles, fit_bradley_terry, leaderboard, round_robin
+from preftune.eval.leaderboard import (
+    Battles,
+    fit_bradley_terry,
+    leaderboard,
+    round_robin,
+)
 
 
 def simulate(ratings, per_pair, seed=0) -> Battles:

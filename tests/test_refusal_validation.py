@@ -4,12 +4,18 @@ agreement figures (hand-computed). (The labelled set itself is not built yet: se
 from __future__ import annotations
 
 import json
+
 import pytest
 
 from preftune.errors import DataError
 from preftune.eval.refusal import PatternRefusalClassifier
-from preftune.eval.refusal_validation import (CAUTIOUS_SYSTEM, agreement, agreement_table, load_validation_set,
-                                              read_prompt_sources)
+from preftune.eval.refusal_validation import (
+    CAUTIOUS_SYSTEM,
+    agreement,
+    agreement_table,
+    load_validation_set,
+    read_prompt_sources,
+)
 from tests.conftest import shared_data
 
 
