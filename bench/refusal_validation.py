@@ -26,8 +26,8 @@ PLAN = (("greedy", 6, 0.0, False), ("cautious_system", 3, 0.0, True), ("t1.0", 3
 
 def generate(args) -> None:
     from preftune.eval.refusal_validation import CAUTIOUS_SYSTEM, read_prompt_sources
-    from preftune.generation.engine import HFEngine, SamplingParams
     from preftune.eval.scoring import prompt_ids
+    from preftune.generation.engine import HFEngine, SamplingParams
     from preftune.models.loading import load_model, load_tokenizer
 
     xstest, harmbench = read_prompt_sources(args.shared)
@@ -37,7 +37,7 @@ def generate(args) -> None:
     jobs = []  # (source, prompt id, condition, temperature, system)
     start = 0
     for condition, per_type, temperature, system in PLAN:
-        for kind, ids in by_type.items():
+        for ids in by_type.values():
             for pid in ids[start:start + per_type]:
                 jobs.append(("xstest", pid, condition, temperature, system))
         start += per_type

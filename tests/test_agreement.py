@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from preftune.errors import DataError
-from preftune.eval.agreement import human_statistics, judge_agreement, read_human_pairs, single_order_probabilities
+from preftune.eval.agreement import (
+    human_statistics,
+    judge_agreement,
+    read_human_pairs,
+    single_order_probabilities,
+)
 from preftune.eval.judges import RewardJudge
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"

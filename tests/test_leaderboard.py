@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from preftune.errors import PreftuneError
-from preftune.eval.leaderboard import Battles, fit_bradley_terry, leaderboard, round_robin
+from preftune.eval.leaderboard import (
+    Battles,
+    fit_bradley_terry,
+    leaderboard,
+    round_robin,
+)
 
 
 def simulate(ratings, per_pair, seed=0) -> Battles:

@@ -10,8 +10,14 @@ import pytest
 
 from preftune.errors import DataError, PreftuneError
 from preftune.eval.stats import bootstrap_ci
-from preftune.eval.toxicity import (PerspectiveScorer, build_scorer, read_toxicity_prompts, score_continuations,
-                                    toxicity_report, toxicity_summary)
+from preftune.eval.toxicity import (
+    PerspectiveScorer,
+    build_scorer,
+    read_toxicity_prompts,
+    score_continuations,
+    toxicity_report,
+    toxicity_summary,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 

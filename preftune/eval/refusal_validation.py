@@ -1,6 +1,7 @@
 """The refusal classifier's validation set: real completions of the default model, labelled by hand.
 
-``refusal_validation.jsonl`` (beside this module) holds one row per completion::
+``refusal_validation.jsonl`` (beside this module; not built yet, see ``refusal_validation.md``) holds one row per
+completion::
 
     {"source": "xstest" | "harmbench", "prompt_id": "...", "condition": "greedy" | "t1.0" | ..., "split": "dev" | "heldout",
      "completion": "...", "label": "compliance" | "refusal" | "partial"}
