@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reinforce": ("preftune.commands.online:REINFORCE", "REINFORCE with a baseline"),
     "best-of-n": ("preftune.commands.online:BEST_OF_N", "Sample N responses per prompt and keep the best by reward"),
     "rejection-sampling": ("preftune.commands.online:REJECTION_SAMPLING", "Sample, rank with the reward, fine-tune on the best (Llama 2)"),
+    "serve": ("preftune.commands.serve:SERVE", "An OpenAI-compatible server for a model (chat, completions, streaming, log-probs)"),
+    "chat": ("preftune.commands.serve:CHAT", "Talk to a model in the terminal (history, /reset, /system, streamed replies)"),
     "demo": ("preftune.commands.demo:DEMO", "The whole pipeline on the default model and the starter dataset, end to end"),
 }
 
