@@ -44,19 +44,22 @@ class ChatSession:
         dropped = 0
         while True:
             ids = encode_prompt(self.tokenizer, self.messages())
-            if self.context_length is None or len(ids) + self.params.max_new_tokens <= self.context_length or len(self.history) <= 1:
+            fits = self.context_length is None or len(ids) + self.params.max_new_tokens <= self.context_length
+            if fits or len(self.history) <= 1:
                 return ids, dropped
             self.history = self.history[2:]
             dropped += 1
 
     def reply(self, text: str, write) -> tuple[str, int]:
         """The model's reply to the user turn ``text``, written piece by piece with ``write``; (reply, turns dropped)."""
-        self.history.append({"role": "user", "content": text})
+        turn = {"role": "user", "content": text}
+        if self.context_length is not None:  # a message that cannot fit even alone is refused; the history stays
+            alone = len(encode_prompt(self.tokenizer, self.messages()[: 1 if self.system else 0] + [turn]))
+            if alone + self.params.max_new_tokens > self.context_length:
+                raise ValueError(f"this message is {alone} tokens with the system message; with {self.params.max_new_tokens} "
+                                 f"new tokens that is over the model's context of {self.context_length}")
+        self.history.append(turn)
         ids, dropped = self._prompt_ids()
-        if self.context_length is not None and len(ids) + self.params.max_new_tokens > self.context_length:
-            self.history.pop()
-            raise ValueError(f"this message is {len(ids)} tokens with the system message; with {self.params.max_new_tokens} "
-                             f"new tokens that is over the model's context of {self.context_length}")
         stream = TextStream(self.tokenizer, stop=self.params.stop, eos_ids=self.engine.eos_ids)
 
         def on_tokens(rows: list[int], tokens: list[int]) -> None:
