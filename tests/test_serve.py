@@ -240,9 +240,19 @@ def test_bad_completion_requests_and_routes(served):
         # no Content-Length (chunked): counted while it is read
         (httpx.post(f"{url}/chat/completions", content=(b"x" * 5000 for _ in range(5))), 413, "the request body is over 20000 bytes"),
     ]
+    surrogate = b'{"model": "tiny", "prompt": "\\ud800 x", "max_tokens": 2}'
+    cases += [
+        (httpx.post(f"{url}/completions", json={"model": NAME, "prompt": "x", "seed": 2**70}), 400, "seed: Input should be less than or equal to 9223372036854775807"),
+        (httpx.post(f"{url}/completions", content=surrogate), 400, "the prompt cannot be tokenised"),
+        (httpx.post(f"{url}/completions", content=surrogate.replace(b'"tiny"', b'"\\udfff"')), 404, "does not exist"),
+    ]
     for response, status, message in cases:
         assert response.status_code == status, response.text
         assert message in _error(response)["message"]
+    # a temperature so small that logits / T overflow is greedy decoding (its limit), not NaN probabilities
+    tiny_t = httpx.post(f"{url}/completions", json={"model": NAME, "prompt": "Hello", "max_tokens": 4, "temperature": 1e-300})
+    greedy = httpx.post(f"{url}/completions", json={"model": NAME, "prompt": "Hello", "max_tokens": 4, "temperature": 0})
+    assert tiny_t.status_code == 200 and tiny_t.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
     # still serving after all that
     ok = httpx.post(f"{url}/completions", json={"model": NAME, "prompt": "Hello", "max_tokens": 2})
     assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] in ("stop", "length")

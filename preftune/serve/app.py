@@ -30,7 +30,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -105,6 +105,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _error_response(body: dict, status: int, headers=None) -> Response:
+    """JSON with non-ASCII escaped: an error message quoting the request (even a lone surrogate) always encodes."""
+    return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def _sse(data: dict | str) -> str:
@@ -190,9 +195,12 @@ class OpenAIServer:
                            f"model reads at most {self.context_length}", param=field, code="context_length_exceeded")
         else:
             max_new = asked
+        # below 1e-4 the scaled logits overflow float32 (NaN probabilities): that is greedy decoding, the limit T -> 0
+        greedy = body.temperature < 1e-4
         try:
-            return SamplingParams(max_new_tokens=max_new, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
-                                  stop=stops, seed=body.seed, do_sample=body.temperature > 0, top_logprobs=top_logprobs)
+            return SamplingParams(max_new_tokens=max_new, temperature=0.0 if greedy else body.temperature, top_p=body.top_p,
+                                  top_k=body.top_k, stop=stops, seed=body.seed, do_sample=not greedy,
+                                  top_logprobs=top_logprobs)
         except PreftuneError as err:
             raise APIError(400, str(err)) from None
 
@@ -266,10 +274,19 @@ class OpenAIServer:
         events: asyncio.Queue = asyncio.Queue()
 
         def on_token(row: int, token: int) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, (row, token))
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, (row, token))
+            except RuntimeError:  # the event loop is gone (shutting down): the batch's other rows carry on
+                pass
 
         future = self.submit(prompts, params, on_token)  # a full queue is a 503 before the stream starts
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(events.put_nowait, None))
+        def on_done(_) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, None)
+            except RuntimeError:
+                pass
+
+        future.add_done_callback(on_done)
         streams = [TextStream(self.tokenizer, stop=params.stop, eos_ids=self.engine.eos_ids) for _ in prompts]
 
         async def events_out() -> AsyncIterator[str]:
@@ -353,7 +370,10 @@ class OpenAIServer:
         if not texts or len(texts) > self.options.max_prompts:
             raise APIError(400, f"prompt takes a string or 1 to {self.options.max_prompts} strings, got {len(texts)}",
                            param="prompt")
-        ids = await run_in_threadpool(lambda: [encode_prompt(self.tokenizer, t, use_chat_template=False) for t in texts])
+        try:
+            ids = await run_in_threadpool(lambda: [encode_prompt(self.tokenizer, t, use_chat_template=False) for t in texts])
+        except Exception as err:  # noqa: BLE001 -- text the tokenizer cannot encode (a lone surrogate) is bad input
+            raise APIError(400, f"the prompt cannot be tokenised: {err}", param="prompt") from None
         params = self.sampling(body, [len(i) for i in ids], body.logprobs or 0)
         prompts = [p for p in ids for _ in range(body.n)]  # choice index = prompt index * n + sample
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -402,17 +422,17 @@ def create_app(model, tokenizer, options: ServeOptions) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError):
-        return JSONResponse(err.body(), status_code=err.status)
+        return _error_response(err.body(), err.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException):
         message = f"{request.method} {request.url.path}: {err.detail}"
-        return JSONResponse(error_body(message, code="not_found" if err.status_code == 404 else None),
-                            status_code=err.status_code, headers=getattr(err, "headers", None))
+        return _error_response(error_body(message, code="not_found" if err.status_code == 404 else None),
+                               err.status_code, headers=getattr(err, "headers", None))
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, err: Exception):
-        return JSONResponse(error_body(f"internal error: {type(err).__name__}: {err}", type="server_error"), status_code=500)
+        return _error_response(error_body(f"internal error: {type(err).__name__}: {err}", type="server_error"), 500)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):

@@ -61,7 +61,7 @@ class _Sampling(_Strict):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # an int64, as in OpenAI's API
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     user: str | None = None
