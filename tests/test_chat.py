@@ -122,3 +122,33 @@ def test_text_stream_holds_back_stop_prefixes_and_partial_characters(chatml_toke
     # EOS ends the text; finish() adds what the engine's final text has beyond what was shown
     stream = TextStream(tok, eos_ids=[tok.eos_token_id])
     assert stream.push(tok.eos_token_id) == "" and stream.finish("") == ""
+
+
+def test_engine_on_tokens_reports_every_token_and_top_logprobs(tiny):
+    """The streaming hook sees exactly the returned tokens, per prompt, across several batches; top_logprobs are
+    sorted, hold the sampled token at greedy, and agree with the sampled log-probs."""
+    model, tokenizer = tiny
+    engine = HFEngine(model, tokenizer, batch_size=2, decode_dtype="float32", show_progress=False)
+    prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in ("Hello", "How do I bake bread?", "Thanks!")]
+    seen: dict[int, list[int]] = {0: [], 1: [], 2: []}
+
+    def on_tokens(indices, tokens):
+        for i, t in zip(indices, tokens):
+            seen[i].append(t)
+
+    for params in (SamplingParams(max_new_tokens=7, do_sample=False, top_logprobs=4),
+                   SamplingParams(max_new_tokens=7, temperature=0.8, seed=2, top_logprobs=4)):
+        for v in seen.values():
+            v.clear()
+        out = engine.generate(prompts, params, on_tokens=on_tokens)
+        assert [seen[i] for i in range(3)] == out.sequences
+        for seq, lps, tops in zip(out.sequences, out.logprobs, out.top_logprobs):
+            assert len(tops) == len(seq) and all(len(t) == 4 for t in tops)
+            for token, lp, top in zip(seq, lps, tops):
+                values = [v for _, v in top]
+                assert values == sorted(values, reverse=True)
+                if token in dict(top):
+                    assert dict(top)[token] == pytest.approx(lp, abs=1e-5)
+                if params.greedy:
+                    assert top[0][0] == token
+    assert engine.generate(prompts[:1], SamplingParams(max_new_tokens=2)).top_logprobs == [[]]
