@@ -379,3 +379,21 @@ def test_serve_help_names_vllm():
     with contextlib.redirect_stdout(out):
         assert main(["serve", "--help"]) == 0
     assert "vllm serve MODEL_FOLDER --host 127.0.0.1 --port 8000" in out.getvalue()
+
+
+@pytest.mark.slow
+def test_http_judge_through_serve_on_the_default_model(default_tokenizer):
+    """The default model served: the http judge (top 20 log-probs, OpenAI's most) agrees with the local LLM judge."""
+    from preftune.eval.judges import HTTPJudge, LocalLLMJudge
+    from preftune.models.loading import load_model
+
+    model = load_model()
+    app = create_app(model, default_tokenizer, ServeOptions(name="smol", decode_dtype="float32"))
+    prompts = ["What is the capital of France?", "How do I boil an egg?", "Name a primary colour."]
+    a = ["The capital of France is Paris.", "Put it in boiling water for 8 minutes.", "Blue."]
+    b = ["I don't know.", "Eggs are laid by hens.", "Bananas are yellow fruit."]
+    expected = LocalLLMJudge(model, default_tokenizer).compare(prompts, a, b)
+    with ServerThread(app) as server:
+        got = HTTPJudge(server.base_url, "smol", api_key_env="").compare(prompts, a, b)
+    assert got.details["unreadable"] == 0
+    assert got.preferences == pytest.approx(expected.preferences, abs=0.02)
