@@ -397,3 +397,26 @@ def test_http_judge_through_serve_on_the_default_model(default_tokenizer):
         got = HTTPJudge(server.base_url, "smol", api_key_env="").compare(prompts, a, b)
     assert got.details["unreadable"] == 0
     assert got.preferences == pytest.approx(expected.preferences, abs=0.02)
+
+
+def test_batching_queue_skips_cancelled_requests_and_keeps_running(tiny):
+    """A client that goes away while its request waits: the request is dropped, the worker lives on."""
+    from preftune.serve.batching import BatchingQueue, QueueFull
+
+    model, tokenizer = tiny
+    engine = HFEngine(model, tokenizer, decode_dtype="float32", show_progress=False)
+    queue = BatchingQueue(engine, wait_ms=300, max_pending=3)
+    ids = encode_prompt(tokenizer, HELLO)
+    params = SamplingParams(max_new_tokens=3, do_sample=False)
+    try:
+        gone = queue.submit([ids], params)
+        assert gone.cancel()  # still waiting for others to join its batch
+        with pytest.raises(QueueFull, match="the server is busy: 1 sequences are waiting \\(at most 3\\)"):
+            queue.submit([ids] * 3, params)
+        kept = queue.submit([ids], params)
+        rows = kept.result(timeout=30)
+        assert rows[0].text == engine.generate([ids], params).texts[0]
+        assert list(queue.batches) == [(1, 1)]  # only the request still wanted ran
+        assert queue._pending_rows == 0
+    finally:
+        queue.close()

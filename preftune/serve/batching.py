@@ -92,8 +92,8 @@ class BatchingQueue:
         self._queue.put(request)
         return request.future
 
-    def _collect(self, first: _Request) -> list[_Request] | None:
-        """``first`` and whatever else arrives within ``wait_s`` (up to ``max_batch_size`` rows); None: closing."""
+    def _collect(self, first: _Request) -> list[_Request]:
+        """``first`` and whatever else arrives within ``wait_s`` (up to ``max_batch_size`` rows)."""
         batch, rows = [first], len(first.prompts)
         deadline = time.monotonic() + self.wait_s
         while rows < self.max_batch_size:
@@ -118,6 +118,11 @@ class BatchingQueue:
                 return
             groups: dict[tuple, list[_Request]] = {}
             for request in self._collect(first):
+                # a request whose client went away before its batch started (its future cancelled) is not run;
+                # once running, a future can no longer be cancelled, so setting its result below cannot fail
+                if not request.future.set_running_or_notify_cancel():
+                    self._done(request)
+                    continue
                 groups.setdefault(request.key, []).append(request)
             for group in groups.values():
                 self._generate(group)
