@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "redteam": ("preftune.commands.redteam:REDTEAM", "Red teaming with a language model: attacker test cases, target answers, failures"),
     "overoptimization": ("preftune.commands.overoptimization:OVEROPTIMIZATION", "Reward over-optimisation: gold and proxy reward against KL (best-of-n, RLOO)"),
     "pipeline": ("preftune.pipeline:PIPELINE", "Run a recipe: preftune commands in order, resuming after the last finished stage"),
+    "serve": ("preftune.commands.serve:SERVE", "An OpenAI-compatible server for a model (chat, completions, streaming, log-probs)"),
+    "chat": ("preftune.commands.serve:CHAT", "Talk to a model in the terminal (history, /reset, /system, streamed replies)"),
     "demo": ("preftune.commands.demo:DEMO", "The whole pipeline on the default model and the starter dataset, end to end"),
 }
 

@@ -211,9 +211,11 @@ def parse_args(command: Command, argv: Sequence[str]) -> BaseModel:
                     raise ConfigError(f"{where}: option --{key.replace('_', '-')} needs a value")
                 value = parse_value(argv[i + 1])
                 i += 2
-            if not isinstance(value, str) and value is not None and _text_only(annotation):
-                # YAML reads "no" / "off" as False and "123" as a number: an option that only takes text gets the text
-                value = argv[i - 1] if not eq else inline
+            text = inline if eq else argv[i - 1]
+            if not isinstance(value, str) and (value is not None or text == "") and _text_only(annotation):
+                # YAML reads "no" / "off" as False, "123" as a number and "" as null: an option that only takes text
+                # gets the text ('' included: --judge-api-key-env '' means "no key")
+                value = text
             overrides.append((key, value))
             continue
         positionals.append(token)

@@ -126,3 +126,13 @@ def test_every_listed_command_has_help(capsys):
 def test_user_errors_print_a_message_not_a_traceback(capsys):
     assert cli.main(["data", "inspect", "no/such.jsonl"]) == 2
     assert capsys.readouterr().err.strip() == "preftune data inspect: error: no/such.jsonl: no such file or folder"
+
+
+def test_empty_text_option_stays_empty():
+    """``--judge-api-key-env ''`` (a local server that needs no key) is the empty string, not null."""
+    from preftune.commands.evaluate import EVAL
+
+    config = parse_args(EVAL, ["--output-dir", "out", "--judge-api-key-env", ""])
+    assert config.judge_api_key_env == ""
+    assert parse_args(EVAL, ["--output-dir", "out", "--judge-api-key-env="]).judge_api_key_env == ""
+    assert parse_args(EVAL, ["--output-dir", "out", "--limit", "3"]).limit == 3

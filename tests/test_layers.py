@@ -1,10 +1,10 @@
 """The package layering, checked on the code's own imports (lazy ones inside functions included).
 
-From the top: the command line (``cli``, ``pipeline``, ``commands``); the stages that train, evaluate and collect
-feedback (``rl``, ``train``, ``eval``, ``feedback``); what they call on (``rewards``, ``generation``); the foundations
-(``losses``, ``data``, ``models``); and the shared utilities (``config``, ``errors``, ``runs``, ``progress``, ``memory``). A module may import
-its own layer and the layers below, never one above; and no two packages import each other, directly or round a
-circle.
+From the top: the command line (``cli``, ``pipeline``, ``commands``); the stages that train, evaluate, collect
+feedback and serve models (``rl``, ``train``, ``eval``, ``feedback``, ``serve``); what they call on (``rewards``,
+``generation``, the remote-model client ``remote``); the foundations (``losses``, ``data``, ``models``); and the
+shared utilities (``config``, ``errors``, ``runs``, ``progress``, ``memory``). A module may import its own layer and
+the layers below, never one above; and no two packages import each other, directly or round a circle.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "preftune"
 
 LAYERS: list[tuple[str, ...]] = [
     ("cli", "pipeline", "commands", "__main__"),
-    ("rl", "train", "eval", "feedback"),
-    ("rewards", "generation"),
+    ("rl", "train", "eval", "feedback", "serve"),
+    ("rewards", "generation", "remote"),
     ("losses", "data", "models"),
     ("config", "errors", "runs", "progress", "memory", "__init__"),
 ]

@@ -141,6 +141,7 @@ class EvalConfig(SamplingOptions):
     judges: list[str] = Field(default_factory=list, description="judges: reward:SPEC, llm, llm:MODEL, http:MODEL, human:FILE")
     judge_base_url: str | None = Field(None, description="base URL of an OpenAI-compatible server for http judges")
     judge_api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with the http judge's key ('' for none)")
+    judge_cache_dir: str | None = Field(None, description="http judges: a folder caching every answer (a rerun asks nothing again)")
     judge_reward_mode: Literal["bradley_terry", "hard"] = Field("bradley_terry", description="reward judge: P = sigmoid(r_a - r_b) or 1/0.5/0")
     tie_margin: float = Field(0.0, ge=0, lt=0.5, description="a preference within 0.5 +- this counts as a tie")
     bootstrap_samples: int = Field(2000, ge=10, description="bootstrap resamples for the intervals")
@@ -282,7 +283,8 @@ def run_eval(config: EvalConfig) -> int:
             default = models.get(None) if spec == "llm" else (None, None)
             judge = build_judge(spec, base_url=config.judge_base_url, api_key_env=config.judge_api_key_env,
                                 default_model=default[0], default_tokenizer=default[1], device=config.device,
-                                batch_size=config.scoring_batch_size, reward_mode=config.judge_reward_mode)
+                                batch_size=config.scoring_batch_size, reward_mode=config.judge_reward_mode,
+                                cache_dir=config.judge_cache_dir)
             result = judge.compare(prompts, responses_a, responses_b)
             row = _win_rows(judge.name, result.preferences, len_a, len_b, config)
             row["details"] = {k: v for k, v in result.details.items() if not isinstance(v, list)}

@@ -13,8 +13,8 @@ Judges here:
   orders and averaged, which cancels a constant preference for a position (Zheng et al. 2023, "Judging
   LLM-as-a-judge", §3.3: swap positions).
 * :class:`HTTPJudge`: the same prompt sent to an OpenAI-compatible ``/chat/completions`` endpoint (base URL,
-  model, key from an environment variable), reading ``top_logprobs`` when the server gives them, else the
-  letter it answered; both orders.
+  model, key from an environment variable) through :class:`preftune.remote.OpenAIClient`, reading ``top_logprobs``
+  when the server gives them, else the letter it answered; both orders.
 * :class:`HumanJudge`: judgements collected from people (the feedback app writes them as JSON lines
   ``{"prompt", "response_a", "response_b", "preference"}`` and an optional ``annotator``; ``preference`` is ``"a"``, ``"b"``, ``"tie"`` or a
   number in [0, 1]).
@@ -24,12 +24,6 @@ Judges here:
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,83 +164,54 @@ class LocalLLMJudge:
 def letter_probability(response: dict) -> float | None:
     """P("A") over {"A", "B"} from one ``/chat/completions`` response: from ``top_logprobs`` of the first token when
     present, else 1.0 / 0.0 for a reply starting with A / B; ``None`` when neither letter can be read."""
-    try:
-        choice = response["choices"][0]
-    except (KeyError, IndexError, TypeError):
-        return None
-    content = ((choice.get("logprobs") or {}).get("content") or [])
-    if content:
-        mass = {"A": 0.0, "B": 0.0}
-        for entry in content[0].get("top_logprobs") or [content[0]]:
-            token = str(entry.get("token", "")).strip()
-            if token in mass:
-                mass[token] += math.exp(float(entry.get("logprob", -math.inf)))
-        total = mass["A"] + mass["B"]
-        if total > 0:
-            return mass["A"] / total
-    text = str((choice.get("message") or {}).get("content") or "").strip()
-    if text[:1] in ("A", "B"):
-        return 1.0 if text[0] == "A" else 0.0
-    return None
+    from preftune.remote import choice_probabilities
+
+    probs = choice_probabilities(response, ["A", "B"])
+    return None if probs is None else probs[0]
 
 
 class HTTPJudge:
-    """An OpenAI-compatible chat-completions endpoint as a pairwise judge (both orders).
+    """An OpenAI-compatible chat-completions endpoint as a pairwise judge (both orders), through
+    :class:`preftune.remote.OpenAIClient` (concurrent requests, retries with back-off, an optional cache on disk).
 
     ``base_url`` like ``http://localhost:8000/v1``; the key is read from the environment variable ``api_key_env``
-    (an empty name sends no key, for local servers). Unreadable replies count as ties and are counted in
-    ``details["unreadable"]``.
+    (an empty name sends no key, for local servers). ``retries`` is the client's ``max_retries``. Unreadable replies
+    count as ties and are counted in ``details["unreadable"]``.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", template: str = JUDGE_TEMPLATE,
-                 timeout: float = 60.0, retries: int = 3, name: str | None = None):
+                 timeout: float = 60.0, retries: int = 3, name: str | None = None, cache_dir: str | None = None,
+                 concurrency: int = 8, top_logprobs: int = 20):
+        from preftune.remote import OpenAIClient
+
         if not base_url:
             raise PreftuneError("http judge: a base URL is needed (e.g. --judge-base-url http://localhost:8000/v1)")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.template, self.timeout, self.retries = model, template, timeout, retries
+        self.model, self.template, self.top_logprobs = model, template, top_logprobs
         self.name = name or f"http:{model}"
-        self.api_key = None
-        if api_key_env:
-            self.api_key = os.environ.get(api_key_env)
-            if not self.api_key:
-                raise PreftuneError(f"http judge: the environment variable {api_key_env} holding the API key is not set "
-                                    "(set it, or pass an empty --judge-api-key-env for a server that needs no key)")
+        try:
+            self.client = OpenAIClient(base_url, api_key_env=api_key_env, timeout=timeout, max_retries=retries,
+                                       concurrency=concurrency, cache_dir=cache_dir)
+        except PreftuneError as err:
+            raise PreftuneError(f"http judge: {err}") from None
+        self.url = self.client.base_url + "/chat/completions"
 
-    def _post(self, text: str) -> dict:
-        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": text}], "max_tokens": 1,
-                           "temperature": 0, "logprobs": True, "top_logprobs": 10}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last: Exception | None = None
-        for attempt in range(self.retries):
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as reply:
-                    return json.loads(reply.read().decode())
-            except urllib.error.HTTPError as err:
-                if err.code < 500 and err.code != 429:
-                    raise PreftuneError(f"http judge: {self.url} answered {err.code}: {err.read()[:300].decode(errors='replace')}") from None
-                last = err
-            except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as err:
-                last = err
-            time.sleep(min(2 ** attempt, 8) * 0.1)
-        raise PreftuneError(f"http judge: no answer from {self.url} after {self.retries} tries ({last})")
+    def _body(self, text: str) -> dict:
+        return {"model": self.model, "messages": [{"role": "user", "content": text}], "max_tokens": 1,
+                "temperature": 0, "logprobs": True, "top_logprobs": self.top_logprobs}
 
     def compare(self, prompts, responses_a, responses_b) -> JudgeResult:
-        from preftune.progress import progress
-
         _check(prompts, responses_a, responses_b, self.name)
-        unreadable = 0
-        p1, p2 = [], []
-        for p, a, b in progress(list(zip(prompts, responses_a, responses_b)), desc=f"judge {self.name}"):
-            for order, out in (((a, b), p1), ((b, a), p2)):
-                prob = letter_probability(self._post(render_judge_prompt(p, *order, self.template)))
-                if prob is None:
-                    unreadable += 1
-                    prob = 0.5
-                out.append(prob)
-        pref, details = combine_orders(p1, p2)
+        items = list(zip(prompts, responses_a, responses_b))
+        bodies = [self._body(render_judge_prompt(p, a, b, self.template)) for p, a, b in items]
+        bodies += [self._body(render_judge_prompt(p, b, a, self.template)) for p, a, b in items]
+        try:
+            replies = self.client.chat_completions(bodies, desc=f"judge {self.name}")
+        except PreftuneError as err:
+            raise PreftuneError(f"http judge: {err}") from None
+        probs = [letter_probability(r) for r in replies]
+        unreadable = sum(p is None for p in probs)
+        probs = [0.5 if p is None else p for p in probs]
+        pref, details = combine_orders(probs[:len(items)], probs[len(items):])
         details["unreadable"] = unreadable
         return JudgeResult(pref.tolist(), details)
 
@@ -311,7 +276,8 @@ JUDGE_SPECS = "reward:SPEC, llm, llm:MODEL, http:MODEL, human:FILE"
 
 
 def build_judge(spec: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY", default_model=None,
-                default_tokenizer=None, device: str | None = None, batch_size: int = 4, reward_mode: str = "bradley_terry") -> PairwiseJudge:
+                default_tokenizer=None, device: str | None = None, batch_size: int = 4, reward_mode: str = "bradley_terry",
+                cache_dir: str | None = None) -> PairwiseJudge:
     """A judge from ``"reward:SPEC"`` (see :func:`preftune.rewards.base.load_reward`), ``"llm"`` (the given default
     model), ``"llm:MODEL"``, ``"http:MODEL"`` (with ``base_url``) or ``"human:FILE"``."""
     kind, _, arg = spec.partition(":")
@@ -332,7 +298,7 @@ def build_judge(spec: str, *, base_url: str | None = None, api_key_env: str = "O
     if kind == "http":
         if not arg:
             raise PreftuneError("judge 'http' needs a model name: http:MODEL (and --judge-base-url)")
-        return HTTPJudge(base_url or "", arg, api_key_env=api_key_env, name=spec)
+        return HTTPJudge(base_url or "", arg, api_key_env=api_key_env, name=spec, cache_dir=cache_dir)
     if kind == "human":
         if not arg:
             raise PreftuneError("judge 'human' needs a file of judgements: human:FILE")

@@ -31,7 +31,7 @@ so that a batch wastes little padding, and returned in the caller's order. Sampl
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -58,6 +58,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     do_sample: bool = True
+    top_logprobs: int = 0  # also return the k most likely tokens at every step (GenerationOutput.top_logprobs)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -68,6 +69,8 @@ class SamplingParams:
             raise PreftuneError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise PreftuneError(f"top_k must be >= 0 (0 switches it off), got {self.top_k}")
+        if self.top_logprobs < 0:
+            raise PreftuneError(f"top_logprobs must be >= 0 (0 switches it off), got {self.top_logprobs}")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(self.stop)
@@ -86,6 +89,9 @@ class GenerationOutput:
     texts: list[str]  # decoded completion: no EOS, cut before a stop string
     finished: list[bool]  # ended at EOS or a stop string
     prompt_ids: list[list[int]] = field(default_factory=list)  # the prompts, as given
+    # with params.top_logprobs = k: per prompt, per generated token, the k (token id, log-prob) pairs of highest
+    # log-prob under the same distribution as ``logprobs`` (most likely first); empty lists otherwise
+    top_logprobs: list[list[list[tuple[int, float]]]] = field(default_factory=list)
 
     def padded(self, pad_id: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Right-padded tensors: ids [B, T] (pad_id), mask [B, T] (1 on real tokens), logprobs [B, T] (0 on padding)."""
@@ -154,6 +160,16 @@ def sample_next(
         probs = logp.exp() if filtered is scaled else filtered.softmax(-1)
         tokens = inverse_cdf_sample(probs, generator)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def top_logprobs_of(logits: torch.Tensor, params: SamplingParams) -> list[list[tuple[int, float]]]:
+    """The ``params.top_logprobs`` most likely (token id, log-prob) pairs of each row of ``logits`` [B, V], most likely
+    first, under the distribution :func:`sample_next` reports log-probs from (``log_softmax(logits / T)``, T = 1 when
+    greedy), so the sampled token's log-prob and these agree."""
+    k = min(params.top_logprobs, logits.shape[-1])
+    scaled = logits if params.greedy or params.temperature == 1.0 else logits / params.temperature
+    values, ids = scaled.float().log_softmax(-1).topk(k, dim=-1)
+    return [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
 
 
 def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -297,7 +313,11 @@ class HFEngine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> GenerationOutput:
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, *,
+                 on_tokens: Callable[[list[int], list[int]], None] | None = None) -> GenerationOutput:
+        """Sample completions for ``prompt_ids``. ``on_tokens(indices, tokens)``, when given, is called after every
+        decode step with the indices (into ``prompt_ids``) of the rows that drew a token and those tokens (an ending
+        EOS included): the hook that streams text while it is generated (``preftune serve``, ``preftune chat``)."""
         for i, p in enumerate(prompt_ids):
             if len(p) == 0:
                 raise PreftuneError(f"prompt {i} is empty: generation needs at least one prompt token")
@@ -306,13 +326,17 @@ class HFEngine:
         generator = None
         if params.seed is not None and not params.greedy:
             generator = torch.Generator(device=self.device).manual_seed(int(params.seed))
-        results: list[tuple[list[int], list[float], bool, str] | None] = [None] * n
+        results: list[tuple | None] = [None] * n
         batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
         was_training = self.model.training
         self.model.eval()
         try:
             for batch in self._bar(batches):
-                for idx, res in zip(batch, self._generate_batch([prompt_ids[i] for i in batch], params, generator)):
+                hook = None
+                if on_tokens is not None:
+                    def hook(rows: list[int], tokens: list[int], batch=batch) -> None:
+                        on_tokens([batch[r] for r in rows], tokens)
+                for idx, res in zip(batch, self._generate_batch([prompt_ids[i] for i in batch], params, generator, hook)):
                     results[idx] = res
         finally:
             if was_training:
@@ -323,6 +347,7 @@ class HFEngine:
             texts=[r[3] for r in results],
             finished=[r[2] for r in results],
             prompt_ids=[list(p) for p in prompt_ids],
+            top_logprobs=[r[4] for r in results],
         )
 
     def on_policy_update(self, policy=None) -> None:
@@ -352,7 +377,7 @@ class HFEngine:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     @torch.inference_mode()
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator) -> list[tuple]:
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, generator, on_tokens=None) -> list[tuple]:
         model, dev = self.model, self.device
         b = len(prompts)
         # each distinct prompt is prefilled once; its KV cache is then copied to every row that samples from it
@@ -393,6 +418,7 @@ class HFEngine:
 
         tokens: list[list[int]] = [[] for _ in range(b)]
         logps: list[list[float]] = [[] for _ in range(b)]
+        tops: list[list[list[tuple[int, float]]]] = [[] for _ in range(b)]
         finished = [False] * b
         texts: list[str | None] = [None] * b
         active = list(range(b))  # original row of each live row
@@ -400,6 +426,11 @@ class HFEngine:
         for step in range(params.max_new_tokens):
             tok, lp = sample_next(logits, params, generator)
             tok_l, lp_l = tok.tolist(), lp.tolist()
+            if params.top_logprobs:
+                for row, top in zip(active, top_logprobs_of(logits, params)):
+                    tops[row].append(top)
+            if on_tokens is not None:
+                on_tokens(list(active), tok_l)
             keep: list[int] = []
             for j, row in enumerate(active):
                 tokens[row].append(tok_l[j])
@@ -435,7 +466,7 @@ class HFEngine:
                 logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
         return [
-            (tokens[i], logps[i], finished[i], texts[i] if texts[i] is not None else self._decode(tokens[i]))
+            (tokens[i], logps[i], finished[i], texts[i] if texts[i] is not None else self._decode(tokens[i]), tops[i])
             for i in range(b)
         ]
 

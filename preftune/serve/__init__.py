@@ -1,0 +1,1 @@
+"""``preftune serve``: an OpenAI-compatible server over a local model, and ``preftune chat``: a terminal chat."""
