@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reinforce": ("preftune.commands.online:REINFORCE", "REINFORCE with a baseline"),
     "best-of-n": ("preftune.commands.online:BEST_OF_N", "Sample N responses per prompt and keep the best by reward"),
     "rejection-sampling": ("preftune.commands.online:REJECTION_SAMPLING", "Sample, rank with the reward, fine-tune on the best (Llama 2)"),
+    "cai revise": ("preftune.commands.cai:REVISE", "SL-CAI: critique and revise responses against a constitution; writes an SFT dataset"),
+    "cai label": ("preftune.commands.cai:LABEL", "RL-CAI / RLAIF: soft AI preference labels from a constitution, both orders"),
     "demo": ("preftune.commands.demo:DEMO", "The whole pipeline on the default model and the starter dataset, end to end"),
 }
 
