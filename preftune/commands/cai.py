@@ -47,15 +47,22 @@ def _chat(spec: str, config: _ChatOptions, base_url: str | None, cache: dict):
 
 
 def _prompts(path: str, fmt: str, limit: int | None) -> list:
-    """The distinct prompts of a data file, in file order (any format that has prompts)."""
+    """The distinct prompts of a data file, in file order: the prompts of preference or SFT data, or a prompt set
+    (a file with just a prompt field, e.g. ``{"prompt": ...}`` lines or a HarmBench CSV)."""
     from preftune.data.convert import load_examples
+    from preftune.eval.data import load_prompt_set
 
-    try:
-        result = load_examples(path, fmt, kind="preference")
-    except PreftuneError:
-        result = load_examples(path, fmt, kind="sft")
+    examples = None
+    for kind in ("preference", "sft"):
+        try:
+            examples = load_examples(path, fmt, kind=kind).examples
+            break
+        except PreftuneError:
+            continue
+    if examples is None:
+        examples = load_prompt_set(path)
     seen, prompts = set(), []
-    for ex in result.examples:
+    for ex in examples:
         key = json.dumps(ex.prompt, sort_keys=True)
         if key not in seen:
             seen.add(key)
