@@ -3,7 +3,9 @@
 
 Writes, under OUT (default bench/cai/work): sl_prompts.jsonl (rows 0..63: SL-CAI), label_pairs.jsonl (the 64
 HH pairs of rows 64..127 with their first human turn as the prompt, their human-chosen and rejected final
-replies as given: the AI labels are compared with the human labels), dpo_prompts.jsonl (rows 128..191).
+replies as given: the AI labels are compared with the human labels), heldout_pairs.jsonl (64 more
+single-turn HH pairs from row 1000 on: the reward model's agreement with human labels), dpo_prompts.jsonl (rows
+400..463), eval_prompts.jsonl (rows 500..563: the reward-model win rates).
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ def main(out: str = "bench/cai/work") -> None:
     # single-turn pairs only: the prompt is then exactly the first human turn
     single = [(p, c, r) for p, n, c, r in pairs[64:] if n == 1][:64]
     write("label_pairs.jsonl", [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in single])
+    write("heldout_pairs.jsonl", [{"prompt": p, "chosen": c, "rejected": r} for p, n, c, r in pairs[1000:] if n == 1][:64])
     write("dpo_prompts.jsonl", [{"prompt": p} for p in firsts[400:464]])
+    write("eval_prompts.jsonl", [{"prompt": p} for p in firsts[500:564]])
     print(f"wrote {root}: 64 SL prompts, {len(single)} label pairs, 64 DPO prompts", file=sys.stderr)
 
 
