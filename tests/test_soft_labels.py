@@ -271,5 +271,12 @@ def test_cli_dpo_online_with_a_reward(tmp_path):
     assert main(base + ["--output-dir", str(tmp_path / "rounds"), "--rounds", "2", "--prompts-per-round", "8",
                         "--epochs-per-round", "2"]) == 0
     assert len(read_metrics(tmp_path / "rounds")) == 2
+    # the AI labeller (here the tiny model itself, asked the default constitution's question) instead of a reward
+    ai = ["dpo", "--online", "--model", str(tmp_path / "model"), "--data", str(prompts), "--feedback-model",
+          str(tmp_path / "model"), "--max-new-tokens", "6", "--batch-size", "4", "--output-dir", str(tmp_path / "ai"),
+          "--max-steps", "2", "--num-principles", "2"]
+    assert main(ai) == 0
+    rows = read_metrics(tmp_path / "ai")
+    assert len(rows) == 2 and all(abs(r["reward_mean"]) < 1e-5 and 0 <= r["label_confidence"] <= 1 for r in rows)
     assert main(["dpo", "--online", "--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "x")]) == 2
     assert main(["dpo", "--reward", "x:y", "--output-dir", str(tmp_path / "x")]) == 2
