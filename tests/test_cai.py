@@ -67,7 +67,9 @@ def test_default_constitution_covers_the_list():
         assert word in harm.revision
     q = c.render_question(harm, "user: hi {x}", "first", "second")
     assert "user: hi {x}" in q and "(A) first" in q and "(B) second" in q and harm.question in q
-    assert c.select(["crime", "harm"]).principles == (c.principle("crime"), c.principle("harm"))
+    only = c.select(["crime", "harm"])
+    assert only.principles == (c.principle("crime"), c.principle("harm"))
+    assert only.principle("no-needless-refusal") is c.principle("no-needless-refusal")  # few-shot examples still resolve
 
 
 def _write(tmp_path, data) -> str:

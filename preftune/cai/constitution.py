@@ -64,7 +64,7 @@ class Constitution:
     examples: tuple[FewShotExample, ...] = ()
     name: str = ""
     path: str = ""
-    by_id: dict = field(default_factory=dict, compare=False, repr=False)
+    by_id: dict = field(default_factory=dict, compare=False, repr=False)  # every principle of the file, by id
 
     def principle(self, pid: str) -> Principle:
         if pid not in self.by_id:
@@ -76,8 +76,8 @@ class Constitution:
         if not ids:
             return self
         chosen = tuple(self.principle(i) for i in ids)
-        return Constitution(chosen, self.template, self.options, self.examples, self.name, self.path,
-                            {p.id: p for p in chosen})
+        # by_id stays the whole file's table: few-shot examples may show any of its principles
+        return Constitution(chosen, self.template, self.options, self.examples, self.name, self.path, self.by_id)
 
     def render_question(self, principle: Principle, conversation: str, response_a: str, response_b: str) -> str:
         text = self.template

@@ -23,7 +23,7 @@ class _ChatOptions(BaseConfig):
     cache_dir: str | None = Field(None, description="remote models: the on-disk response cache")
     constitution: str = Field("default", description="constitution YAML file (default: the project's own, preftune/cai/constitution.yaml)")
     principles: list[str] | None = Field(None, description="use only these principle ids of the constitution")
-    prompts_format: str = Field("auto", description="data format of the prompt file")
+    prompts_format: str = Field("auto", description="data format of the --prompts (or --pairs) file")
     limit: int | None = Field(None, ge=1, description="use at most this many prompts (or pairs)")
     batch_size: int = Field(16, ge=1, description="prompts (pairs) handled together")
     max_new_tokens: int = Field(128, ge=1, description="tokens per generated reply")
