@@ -156,11 +156,18 @@ def load_prompts(config: _Common, tokenizer) -> tuple[list, list[list[int]]]:
 
     kind = "sft" if config.prompts_format in ("sft",) else "preference"
     try:
-        result = load_examples(config.prompts, config.prompts_format, kind=kind, limit=None)
+        examples = load_examples(config.prompts, config.prompts_format, kind=kind, limit=None).examples
     except PreftuneError:
-        result = load_examples(config.prompts, config.prompts_format, kind="sft")
+        try:
+            examples = load_examples(config.prompts, config.prompts_format, kind="sft").examples
+        except PreftuneError:
+            if config.prompts_format != "auto":
+                raise
+            from preftune.eval.data import load_prompt_set
+
+            examples = load_prompt_set(config.prompts)  # a prompt-only file ({"prompt": ...} lines, a CSV)
     seen, prompts = set(), []
-    for ex in result.examples:
+    for ex in examples:
         key = json.dumps(ex.prompt, sort_keys=True)
         if key not in seen:
             seen.add(key)
