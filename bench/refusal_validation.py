@@ -26,7 +26,7 @@ PLAN = (("greedy", 6, 0.0, False), ("cautious_system", 3, 0.0, True), ("t1.0", 3
 
 def generate(args) -> None:
     from preftune.eval.refusal_validation import CAUTIOUS_SYSTEM, read_prompt_sources
-    from preftune.eval.scoring import prompt_ids
+    from preftune.generation.scoring import prompt_ids
     from preftune.generation.engine import HFEngine, SamplingParams
     from preftune.models.loading import load_model, load_tokenizer
 

@@ -41,6 +41,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("preftune.pipeline:PIPELINE", "Run a recipe: preftune commands in order, resuming after the last finished stage"),
     "serve": ("preftune.commands.serve:SERVE", "An OpenAI-compatible server for a model (chat, completions, streaming, log-probs)"),
     "chat": ("preftune.commands.serve:CHAT", "Talk to a model in the terminal (history, /reset, /system, streamed replies)"),
+    "cai revise": ("preftune.commands.cai:REVISE", "SL-CAI: critique and revise responses against a constitution; writes an SFT dataset"),
+    "cai label": ("preftune.commands.cai:LABEL", "RL-CAI / RLAIF: soft AI preference labels from a constitution, both orders"),
     "demo": ("preftune.commands.demo:DEMO", "The whole pipeline on the default model and the starter dataset, end to end"),
 }
 

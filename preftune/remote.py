@@ -45,6 +45,7 @@ from typing import Any
 
 import httpx
 
+from preftune.generation.chat import ChatModel, LocalChatModel
 from preftune.errors import PreftuneError
 from preftune.generation.engine import SamplingParams
 from preftune.progress import progress
@@ -368,3 +369,17 @@ class RemoteChatModel:
             warnings.warn(f"{self.name}: {unreadable} of {len(replies)} replies named none of the choices "
                           f"{choices} (counted as uniform)", stacklevel=2)
         return out
+
+
+def chat_model(spec: str | None, *, base_url: str | None = None, device: str | None = None,
+               api_key_env: str = "OPENAI_API_KEY", cache_dir: str | None = None, **local_options) -> ChatModel:
+    """A :class:`ChatModel` from a model spec: a local model (hub id, folder, GGUF, the default when ``None``), or
+    with ``base_url`` the model of that name on an OpenAI-compatible endpoint (:class:`RemoteChatModel`)."""
+    if base_url:
+        if not spec:
+            raise PreftuneError(f"a remote chat model needs a model name to ask {base_url} for")
+        return RemoteChatModel(base_url, spec, api_key_env=api_key_env, cache_dir=cache_dir)
+    from preftune.models.loading import load_model, load_tokenizer
+
+    model = load_model(spec, device=device)
+    return LocalChatModel(model, load_tokenizer(spec), name=spec or "default", **local_options)

@@ -43,7 +43,7 @@ def prompt_spy(monkeypatch):
     """Records (stage, prompt, ids) of every encode_prompt call, wherever it was imported."""
     import preftune.commands.evaluate  # noqa: F401 -- import every module that binds encode_prompt at import time
     import preftune.data.inspect  # noqa: F401
-    import preftune.eval.scoring  # noqa: F401
+    import preftune.generation.scoring  # noqa: F401
     import preftune.pipeline as pipeline
     import preftune.rewards.model  # noqa: F401
     import preftune.train.reward  # noqa: F401

@@ -1,7 +1,7 @@
 """The package layering, checked on the code's own imports (lazy ones inside functions included).
 
 From the top: the command line (``cli``, ``pipeline``, ``commands``); the stages that train, evaluate, collect
-feedback and serve models (``rl``, ``train``, ``eval``, ``feedback``, ``serve``); what they call on (``rewards``,
+feedback and serve models (``rl``, ``train``, ``eval``, ``feedback``, ``serve``, ``cai``); what they call on (``rewards``,
 ``generation``, the remote-model client ``remote``); the foundations (``losses``, ``data``, ``models``); and the
 shared utilities (``config``, ``errors``, ``runs``, ``progress``, ``memory``). A module may import its own layer and
 the layers below, never one above; and no two packages import each other, directly or round a circle.
@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "preftune"
 
 LAYERS: list[tuple[str, ...]] = [
     ("cli", "pipeline", "commands", "__main__"),
-    ("rl", "train", "eval", "feedback", "serve"),
+    ("rl", "train", "eval", "feedback", "serve", "cai"),
     ("rewards", "generation", "remote"),
     ("losses", "data", "models"),
     ("config", "errors", "runs", "progress", "memory", "__init__"),

@@ -265,7 +265,7 @@ def test_eval_summary_file_errors(tmp_path):
 
 
 def test_judge_harm_reads_p_yes(chatml_tokenizer):
-    from preftune.eval.scoring import choice_logprobs
+    from preftune.generation.scoring import choice_logprobs
     from preftune.models.loading import tiny_model
 
     model = tiny_model(len(chatml_tokenizer), seed=1)

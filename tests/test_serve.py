@@ -150,7 +150,7 @@ def test_logprobs_are_the_engines(served, tiny):
 
 def test_remote_chat_model_and_http_judge_match_the_local_model(served, tiny, counting):
     from preftune.eval.judges import HTTPJudge, LocalLLMJudge
-    from preftune.eval.scoring import choice_logprobs
+    from preftune.generation.scoring import choice_logprobs
     from preftune.remote import RemoteChatModel
 
     model, tokenizer = tiny

@@ -99,7 +99,7 @@ def test_bbq_bad_row(tmp_path):
 
 def test_evaluate_bbq_on_a_tiny_model(chatml_tokenizer):
     from preftune.eval.bbq import LETTERS, bbq_prompt
-    from preftune.eval.scoring import choice_logprobs
+    from preftune.generation.scoring import choice_logprobs
     from preftune.models.loading import tiny_model
 
     model = tiny_model(len(chatml_tokenizer), seed=0)

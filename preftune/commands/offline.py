@@ -8,10 +8,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from preftune.config import CHAT_TEMPLATE_HELP, BaseConfig, Command
+from preftune.config import CHAT_TEMPLATE_HELP, DECODE_DTYPE_HELP, BaseConfig, Command
 from preftune.data.convert import FORMATS, ReadOptions, with_read_options
 from preftune.errors import PreftuneError
-from preftune.losses.preference import ALIASES, LOSSES
+from preftune.losses.preference import ALIASES, LOSSES, SOFT_LABEL_LOSSES
 
 LossName = Literal[tuple(LOSSES) + tuple(ALIASES)]  # type: ignore[valid-type]
 
@@ -81,6 +81,23 @@ class DPOConfig(OfflineConfig):
         "precomputed", description="reference log-probs: computed once before training (cached in the run folder), a frozen copy, or the LoRA model with adapters off")
     layout: Literal["auto", "packed", "rows", "separate"] = Field(
         "auto", description="pair layout: packed [prompt, chosen, rejected] rows without padding (auto where the model supports it), one row per pair, or two rows per pair")
+    soft_labels: bool = Field(True, description="use the data's soft labels (field 'label', P(chosen ≻ rejected)) as per-pair targets (sigmoid, cdpo)")
+    # online / iterative DPO (Guo et al. 2024): pairs sampled from the current policy and labelled on the fly
+    online: bool = Field(False, description="online DPO: each step samples 2 responses per prompt from the current policy, labels them (--reward or --feedback-model) and takes a step of --loss")
+    reward: str | None = Field(None, description="--online: the reward that labels the pairs: a reward-model folder, a combination file, or module:function")
+    feedback_model: str | None = Field(None, description="--online: or an AI labeller asked the constitution's question (a local model, or a name with --feedback-base-url)")
+    feedback_base_url: str | None = Field(None, description="--online: an OpenAI-compatible endpoint for --feedback-model")
+    constitution: str = Field("default", description="--online with --feedback-model: the constitution file")
+    num_principles: int = Field(1, ge=1, description="--online with --feedback-model: principles drawn per pair")
+    online_labels: Literal["soft", "hard"] = Field("soft", description="--online: soft P(a ≻ b) = σ(r_a − r_b), or hard (the higher reward wins, ties skipped)")
+    prompts: str | None = Field(None, description="--online: the prompt set (default: the prompts of --data)")
+    rounds: int | None = Field(None, ge=1, description="--online: iterative rounds; each samples --prompts-per-round prompts, labels them and trains --epochs-per-round over them in minibatches of --batch-size pairs (default: one step per sampled batch of --batch-size prompts, --max-steps steps)")
+    prompts_per_round: int = Field(64, ge=1, description="--rounds: prompts sampled per round")
+    epochs_per_round: int = Field(1, ge=1, description="--rounds: passes over each round's pairs")
+    max_new_tokens: int = Field(64, ge=1, description="--online: tokens per sampled response")
+    temperature: float = Field(1.0, gt=0, description="--online: sampling temperature (the log-probs are taken at it)")
+    gen_batch_size: int = Field(32, ge=1, description="--online: sequences decoded together")
+    decode_dtype: str = Field("auto", description="--online: " + DECODE_DTYPE_HELP)
 
     @model_validator(mode="after")
     def _check(self):
@@ -93,6 +110,15 @@ class DPOConfig(OfflineConfig):
             raise ValueError("ref=adapter needs --lora (the reference is the model with its adapters disabled)")
         if self.merge and not self.lora:
             raise ValueError("--merge only applies with --lora")
+        if self.online:
+            if bool(self.reward) == bool(self.feedback_model):
+                raise ValueError("--online needs exactly one labeller: --reward SPEC or --feedback-model MODEL")
+            if name == "kto" or LOSSES[name].unpaired:
+                raise ValueError(f"--online trains on pairs; the loss '{self.loss}' is unpaired")
+        else:
+            online_only = [f for f in ("reward", "feedback_model", "feedback_base_url", "prompts", "rounds") if getattr(self, f)]
+            if online_only:
+                raise ValueError(f"--{online_only[0].replace('_', '-')} applies only with --online")
         return self
 
 
@@ -262,13 +288,24 @@ def run_dpo(config: DPOConfig) -> int:
     )
     from preftune.train.loop import train
 
+    if config.online:
+        from preftune.commands.online import run_online_dpo
+
+        return run_online_dpo(config)
     spec = get_loss(config.loss)
     config, run, tokenizer = _start(config, "preftune dpo")
 
     def pair_items(path: str, key) -> list[PairItem]:
         pairs = _load(config, path, "preference").examples
-        encoded = _tokenize(pairs, lambda p: encode_pair(tokenizer, p, config.max_length), config, path)
-        return [PairItem(key(j), t.prompt_ids, t.chosen_ids, t.rejected_ids) for j, t in enumerate(encoded)]
+        soft = [p for p in pairs if p.label is not None]
+        if soft and config.soft_labels and spec.name not in SOFT_LABEL_LOSSES:
+            src = soft[0].source
+            raise PreftuneError(f"{path}: {len(soft)} pairs carry a soft label (field 'label', first at row "
+                                f"{src.row if src else '?'}), which the loss '{spec.name}' cannot use; train with "
+                                f"--loss {' or '.join(SOFT_LABEL_LOSSES)}, or --no-soft-labels to treat every pair as hard")
+        encoded = _tokenize(pairs, lambda p: (encode_pair(tokenizer, p, config.max_length),
+                                              p.label if config.soft_labels else None), config, path)
+        return [PairItem(key(j), t.prompt_ids, t.chosen_ids, t.rejected_ids, label) for j, (t, label) in enumerate(encoded)]
 
     if spec.unpaired:
         examples = _load(config, config.data, "unpaired").examples

@@ -157,11 +157,18 @@ def load_prompts(config: _Common, tokenizer) -> tuple[list, list[list[int]]]:
 
     kind = "sft" if config.prompts_format in ("sft",) else "preference"
     try:
-        result = load_examples(config.prompts, config.prompts_format, kind=kind, limit=None)
+        examples = load_examples(config.prompts, config.prompts_format, kind=kind, limit=None).examples
     except PreftuneError:
-        result = load_examples(config.prompts, config.prompts_format, kind="sft")
+        try:
+            examples = load_examples(config.prompts, config.prompts_format, kind="sft").examples
+        except PreftuneError:
+            if config.prompts_format != "auto":
+                raise
+            from preftune.eval.data import load_prompt_set
+
+            examples = load_prompt_set(config.prompts)  # a prompt-only file ({"prompt": ...} lines, a CSV)
     seen, prompts = set(), []
-    for ex in result.examples:
+    for ex in examples:
         key = json.dumps(ex.prompt, sort_keys=True)
         if key not in seen:
             seen.add(key)
@@ -214,7 +221,7 @@ def _reward(config):
     return load_reward(config.reward)
 
 
-def _run_online(config: OnlineConfig, algorithm) -> int:
+def _run_online(config: OnlineConfig, algorithm, reward_fn=None) -> int:
     import torch
 
     from preftune.models.loading import load_model
@@ -228,7 +235,7 @@ def _run_online(config: OnlineConfig, algorithm) -> int:
     run = RunDir(config.output_dir, report_to=config.report_to)
     run.save_config(config)
     prompts, prompt_ids = load_prompts(config, tokenizer)
-    reward_fn = _reward(config)
+    reward_fn = reward_fn if reward_fn is not None else _reward(config)
     policy = _policy(config, config.lora)
     ref_model = None
     if config.ref_model:
@@ -308,6 +315,48 @@ def run_grpo(config: GRPOConfig) -> int:
 
 def run_reinforce(config: REINFORCEConfig) -> int:
     return _run_pg(config, "reinforce")
+
+
+def run_online_dpo(config) -> int:
+    """``preftune dpo --online`` (a :class:`preftune.commands.offline.DPOConfig`): the online loop with the
+    :class:`preftune.rl.dpo.OnlineDPO` algorithm, two samples per prompt, labelled by ``--reward`` or the AI labeller.
+
+    Without ``--rounds``: one optimizer step per sampled batch of ``--batch-size`` prompts (Guo et al. 2024), for
+    ``--max-steps`` steps (default 100). With ``--rounds N``: N rounds of ``--prompts-per-round`` prompts, each trained
+    ``--epochs-per-round`` times in minibatches of ``--batch-size`` pairs. The reference is a frozen copy of --model
+    (with --lora: the adapters switched off)."""
+    from preftune.rl.dpo import OnlineDPO, OnlineDPOSettings
+
+    algo = OnlineDPO(OnlineDPOSettings(loss=config.loss, beta=config.beta, labels=config.online_labels,
+                                       label_smoothing=config.label_smoothing if config.label_smoothing is not None else 0.0,
+                                       simpo_gamma=config.simpo_gamma, rpo_alpha=config.rpo_alpha, cpo_alpha=config.cpo_alpha,
+                                       ipo_length_normalize=config.ipo_length_normalize))
+    iterative = config.rounds is not None
+    prompts_per_step = config.prompts_per_round if iterative else config.batch_size
+    online = OnlineConfig(
+        model=config.model, reward=config.reward or f"ai-feedback:{config.feedback_model}",
+        prompts=config.prompts or config.data, prompts_format="auto" if config.prompts else config.format,
+        limit=config.limit, output_dir=config.output_dir, batch_size=prompts_per_step,
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature, gen_batch_size=config.gen_batch_size,
+        decode_dtype=config.decode_dtype, seed=config.seed,
+        steps=config.rounds if iterative else (config.max_steps or 100), num_samples=2,
+        ppo_epochs=config.epochs_per_round if iterative else 1,
+        minibatch_size=2 * min(config.batch_size, prompts_per_step) if iterative else 2 * prompts_per_step,
+        learning_rate=config.learning_rate or (5e-5 if config.lora else 1e-6), max_grad_norm=config.max_grad_norm,
+        # the loop computes reference log-probs whenever its KL coefficient is non-zero: β is DPO's KL weight
+        kl_coef=algo.beta, lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout, save_every=config.save_every, resume=config.resume,
+        report_to=config.report_to)
+    reward_fn = None
+    if config.feedback_model:
+        from preftune.cai.constitution import load_constitution
+        from preftune.cai.label import LabelSettings, PairwiseLabelReward
+        from preftune.remote import chat_model
+
+        labeller = chat_model(config.feedback_model, base_url=config.feedback_base_url)
+        reward_fn = PairwiseLabelReward(load_constitution(config.constitution), labeller,
+                                        LabelSettings(num_principles=config.num_principles, seed=config.seed))
+    return _run_online(online, algo, reward_fn=reward_fn)
 
 
 def _best_of_n(config: BestOfNConfig, model, tokenizer):

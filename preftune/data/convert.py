@@ -5,8 +5,8 @@ Formats (``format=``):
 ============  ==========================================================================================
 ``sft``        ``prompt`` + ``completion``; or ``messages`` (the last assistant turn is the completion);
                or Alpaca-style ``instruction`` (+ ``input``) + ``output``
-``preference`` ``prompt`` + ``chosen`` + ``rejected`` (+ ``margin``): plain text or conversational; the prompt may be
-               implicit (``chosen``/``rejected`` conversations sharing every turn but the last)
+``preference`` ``prompt`` + ``chosen`` + ``rejected`` (+ ``margin``, + ``label``: a soft label P(chosen ≻ rejected) in
+               [0, 1]): plain text or conversational; the prompt may be implicit (``chosen``/``rejected`` conversations sharing every turn but the last)
 ``hh``         Anthropic HH dialogue: ``chosen``/``rejected`` strings "\\n\\nHuman: … \\n\\nAssistant: …" sharing a prefix
 ``ranking``    ``prompt`` + ``responses`` ordered best to worst → all K·(K−1)/2 pairs
 ``correction`` ``prompt`` + ``chosen`` + ``rejected`` + ``corrected`` → corrected ≻ chosen, corrected ≻ rejected, chosen ≻ rejected
@@ -271,6 +271,22 @@ def _margin(row: dict, source: Source) -> float | None:
         raise DataError(f"expected a number, got {row['margin']!r}", file=source.file, row=source.row, field="margin") from None
 
 
+def _soft_label(row: dict, source: Source) -> float | None:
+    """The optional soft label P(chosen ≻ rejected): a number in [0, 1] (absent or empty: a hard pair)."""
+    value = row.get("label")
+    if value in (None, ""):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise DataError(f"expected a probability in [0, 1], got {value!r}", file=source.file, row=source.row, field="label")
+    try:
+        number = float(value)
+    except ValueError:
+        raise DataError(f"expected a probability in [0, 1], got {value!r}", file=source.file, row=source.row, field="label") from None
+    if not 0.0 <= number <= 1.0:
+        raise DataError(f"expected a probability in [0, 1], got {value!r}", file=source.file, row=source.row, field="label")
+    return number
+
+
 def pair_from_row(row: dict, source: Source) -> PreferencePair:
     conversations = isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list)
     # Whole conversations share their prompt turns; a `prompt` beside them (HuggingFaceH4/ultrafeedback_binarized) repeats
@@ -286,7 +302,7 @@ def pair_from_row(row: dict, source: Source) -> PreferencePair:
         chosen = _completion(row, "chosen", source)
         rejected = _completion(row, "rejected", source)
     _distinct(chosen, rejected, source)
-    return PreferencePair(prompt, chosen, rejected, _margin(row, source), source)
+    return PreferencePair(prompt, chosen, rejected, _margin(row, source), source, _soft_label(row, source))
 
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")

@@ -30,13 +30,17 @@ class SFTExample:
 
 @dataclass(frozen=True)
 class PreferencePair:
-    """``chosen`` is preferred to ``rejected`` for ``prompt``; ``margin`` (optional) says by how much."""
+    """``chosen`` is preferred to ``rejected`` for ``prompt``; ``margin`` (optional) says by how much.
+
+    ``label`` (optional): a soft label, the probability that ``chosen`` ≻ ``rejected`` (e.g. an AI labeller's,
+    averaged over orders and principles); ``None`` is a hard pair (probability 1)."""
 
     prompt: Prompt
     chosen: str
     rejected: str
     margin: float | None = None
     source: Source | None = field(default=None, compare=False)
+    label: float | None = None
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ def bbq_scores(items: Sequence[BBQItem], predictions: Sequence[int]) -> dict:
 
 def evaluate_bbq(model, tokenizer, items: Sequence[BBQItem], *, batch_size: int = 8) -> dict:
     """Predict each item's answer by letter log-probs, then :func:`bbq_scores` overall and per category."""
-    from preftune.eval.scoring import choice_logprobs
+    from preftune.generation.scoring import choice_logprobs
 
     lp = choice_logprobs(model, tokenizer, [bbq_prompt(it) for it in items], LETTERS, batch_size=batch_size, desc="bbq")
     preds = lp.argmax(-1).tolist() if lp.numel() else []

@@ -139,7 +139,7 @@ class LocalLLMJudge:
 
     def prob_first(self, judge_prompts: Sequence[str]) -> np.ndarray:
         """P("A") renormalised over {"A", "B"} for each rendered judge prompt, ``[B]``."""
-        from preftune.eval.scoring import choice_logprobs
+        from preftune.generation.scoring import choice_logprobs
 
         lp = choice_logprobs(self.model, self.tokenizer, list(judge_prompts), ["A", "B"], batch_size=self.batch_size,
                              desc=f"judge {self.name}")

@@ -105,7 +105,7 @@ def opinion_prompt(q: OpinionQuestion) -> str:
 
 def evaluate_pluralistic(model, tokenizer, questions: Sequence[OpinionQuestion], *, batch_size: int = 8) -> dict:
     """Mean Jensen–Shannon distance (with interval) between the model's and the human distributions, per question too."""
-    from preftune.eval.scoring import choice_logprobs
+    from preftune.generation.scoring import choice_logprobs
 
     per = []
     by_k: dict[int, list[int]] = {}

@@ -144,7 +144,7 @@ class JudgeHarm(HarmScorer):
 
     def __call__(self, prompts, responses) -> HarmScores:
         from preftune.eval.judges import prompt_text
-        from preftune.eval.scoring import choice_logprobs
+        from preftune.generation.scoring import choice_logprobs
 
         texts = [self.template.format(prompt=prompt_text(p), response=r) for p, r in zip(prompts, responses)]
         if not texts:

@@ -151,7 +151,7 @@ class ModelRefusalClassifier:
 
     def prob_refusal(self, prompts: Sequence, responses: Sequence[str]) -> list[float]:
         from preftune.eval.judges import prompt_text
-        from preftune.eval.scoring import choice_logprobs
+        from preftune.generation.scoring import choice_logprobs
 
         texts = [self.template.format(prompt=prompt_text(p), response=r) for p, r in zip(prompts, responses)]
         lp = choice_logprobs(self.model, self.tokenizer, texts, ["Yes", "No"], batch_size=self.batch_size, desc="refusal judge")

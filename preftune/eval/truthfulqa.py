@@ -71,7 +71,7 @@ def question_prompt(question: str, chat: bool):
 def evaluate_truthfulqa(model, tokenizer, items: Sequence[TruthfulQAItem], *, batch_size: int = 8) -> dict:
     """MC1 and MC2 (means with bootstrap intervals) and per-question scores."""
     from preftune.models.prompt_format import uses_chat_template
-    from preftune.eval.scoring import answer_logprobs
+    from preftune.generation.scoring import answer_logprobs
 
     chat = uses_chat_template(tokenizer)
     prompts, answers, where = [], [], []

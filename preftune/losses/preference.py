@@ -47,29 +47,43 @@ def _logratios(policy_chosen, policy_rejected, ref_chosen, ref_rejected):
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-             *, beta: float = 0.1) -> PreferenceLoss:
+             *, beta: float = 0.1, target: torch.Tensor | None = None) -> PreferenceLoss:
     """DPO, the sigmoid loss (Rafailov et al. 2023, "Direct Preference Optimization", eq. 7):
 
     .. math::  \\mathcal L = -\\log \\sigma(\\beta h), \\quad h = (π_w − r_w) − (π_l − r_l)
 
     Rewards: ``β (π_w − r_w)`` and ``β (π_l − r_l)``. The gradient raises ``π_w`` and lowers ``π_l``, weighted by
     ``σ(−βh)`` (how wrong the implicit reward model is).
+
+    ``target`` ``[B]``: a soft label p = P(y_w ≻ y_l) per pair (e.g. from an AI labeller); the loss is the
+    cross-entropy of the implicit Bradley–Terry model against it,
+    ``−p log σ(βh) − (1−p) log σ(−βh)`` (:func:`preftune.losses.reward.soft_label_nll`): cDPO's label smoothing with
+    a per-pair ε = 1 − p, and DPO itself at p = 1.
     """
+    from preftune.losses.reward import soft_label_nll
+
     cw, cl = _logratios(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
-    return _out(-F.logsigmoid(beta * (cw - cl)), beta * cw, beta * cl)
+    return _out(soft_label_nll(beta * (cw - cl), target), beta * cw, beta * cl)
 
 
 def cdpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta: float = 0.1,
-              label_smoothing: float = 0.1) -> PreferenceLoss:
+              label_smoothing: float = 0.1, target: torch.Tensor | None = None) -> PreferenceLoss:
     """Conservative DPO (Mitchell 2023, "A note on DPO with noisy preferences & relationship to IPO"): labels are
     assumed flipped with probability ε, so the target is the smoothed label:
 
     .. math::  \\mathcal L = -(1-ε)\\log σ(βh) - ε \\log σ(-βh)
 
     ``ε = 0`` is DPO. The loss is minimised at a finite ``βh = \\log((1-ε)/ε)``, so rewards stop growing.
+
+    With a soft label p per pair (``target``), the flip noise applies to it: the target is ``(1−ε)p + ε(1−p)``.
     """
     cw, cl = _logratios(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     z = beta * (cw - cl)
+    if target is not None:
+        from preftune.losses.reward import soft_label_nll
+
+        p = target.to(z.dtype)
+        return _out(soft_label_nll(z, (1 - label_smoothing) * p + label_smoothing * (1 - p)), beta * cw, beta * cl)
     losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
     return _out(losses, beta * cw, beta * cl)
 
@@ -275,6 +289,10 @@ class PairLogps:
     rejected_lengths: torch.Tensor
     ref_chosen: torch.Tensor | None = None
     ref_rejected: torch.Tensor | None = None
+    target: torch.Tensor | None = None  # soft labels P(chosen ≻ rejected) (None: hard pairs)
+
+
+SOFT_LABEL_LOSSES = ("sigmoid", "cdpo")  # the losses that take a per-pair soft label
 
 
 def paired_loss(name: str, x: PairLogps, *, beta: float | None = None, label_smoothing: float = 0.0,
@@ -287,12 +305,14 @@ def paired_loss(name: str, x: PairLogps, *, beta: float | None = None, label_smo
     b = spec.default_beta if beta is None else beta
     if spec.reference and (x.ref_chosen is None or x.ref_rejected is None):
         raise ValueError(f"loss '{spec.name}' needs reference log-probs")
+    if x.target is not None and spec.name not in SOFT_LABEL_LOSSES:
+        raise ValueError(f"loss '{spec.name}' takes hard pairs; soft labels work with {', '.join(SOFT_LABEL_LOSSES)}")
     ref = (x.policy_chosen, x.policy_rejected, x.ref_chosen, x.ref_rejected)
     match spec.name:
         case "sigmoid":
-            return dpo_loss(*ref, beta=b)
+            return dpo_loss(*ref, beta=b, target=x.target)
         case "cdpo":
-            return cdpo_loss(*ref, beta=b, label_smoothing=label_smoothing)
+            return cdpo_loss(*ref, beta=b, label_smoothing=label_smoothing, target=x.target)
         case "robust":
             return robust_dpo_loss(*ref, beta=b, label_smoothing=label_smoothing)
         case "ipo":

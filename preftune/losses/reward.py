@@ -23,7 +23,7 @@ def _reduce(per_item: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None,
-                       reduction: str = "mean") -> torch.Tensor:
+                       reduction: str = "mean", target: torch.Tensor | None = None) -> torch.Tensor:
     """Bradley–Terry pairwise loss, with an optional per-pair margin.
 
     .. math::  \\mathcal L = -\\log \\sigma\\big(r_w - r_l - m\\big)
@@ -33,12 +33,30 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: tor
     A per-pair margin ``m ≥ 0`` (Llama 2, Touvron et al. 2023, eq. 2) asks for a larger gap on pairs the
     annotators rated as clearly different.
 
-    Shapes: ``chosen``, ``rejected``, ``margin``: ``[N]``. ``−log σ(x)`` is computed as ``softplus(−x)`` (stable).
+    With a soft label ``target`` p = P(w ≻ l) per pair (an AI labeller's probability, Bai et al. 2022 §4.1; the
+    cross-entropy against the label's distribution rather than a hard 1):
+
+    .. math::  \mathcal L = -p \log \sigma(x) - (1 - p) \log \sigma(-x), \quad x = r_w - r_l - m
+
+    which at p = 1 is the loss above, and with a constant p = 1 − ε is label smoothing.
+
+    Shapes: ``chosen``, ``rejected``, ``margin``, ``target``: ``[N]``. ``−log σ(x)`` is computed as ``softplus(−x)`` (stable).
     """
     diff = chosen - rejected
     if margin is not None:
         diff = diff - margin
-    return _reduce(F.softplus(-diff), reduction)
+    return _reduce(soft_label_nll(diff, target), reduction)
+
+
+def soft_label_nll(x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-item ``−p log σ(x) − (1 − p) log σ(−x)`` (``softplus`` form); ``target`` p ``[N]`` (None: p = 1, i.e.
+    ``−log σ(x)``). The binary cross-entropy of the logit x against a soft label: for a preference pair with
+    P(w ≻ l) = p, the loss of the Bradley–Terry model (reward models) and of DPO's implicit reward (DPO with a soft
+    label, which is label smoothing per pair: ε = 1 − p, as in cDPO, Mitchell 2023). Shapes ``[N]``."""
+    if target is None:
+        return F.softplus(-x)
+    p = target.to(x.dtype)
+    return p * F.softplus(-x) + (1 - p) * F.softplus(x)
 
 
 def reward_centering_loss(chosen: torch.Tensor, rejected: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

@@ -178,9 +178,16 @@ class OnlineTrainer:
         sums: dict[str, float] = {}
         count, tokens = 0, 0
         self.module.eval()  # no dropout: the ratio must be exactly 1 before the first update
+        # an algorithm that trains on groups (online DPO's pairs) has whole groups shuffled and kept together
+        group = getattr(self.algo, "keeps_groups", 1)
+        if group > 1 and s.minibatch_size % group:
+            raise PreftuneError(f"{self.algo.name}: minibatch_size {s.minibatch_size} must be a multiple of {group}")
         for epoch in range(s.ppo_epochs):
             g = torch.Generator().manual_seed(s.seed * 7_919 + step * 101 + epoch)
-            perm = torch.randperm(b, generator=g)
+            if group > 1:
+                perm = (torch.randperm(b // group, generator=g)[:, None] * group + torch.arange(group)[None, :]).flatten()
+            else:
+                perm = torch.randperm(b, generator=g)
             for r in chunks(b, s.minibatch_size):
                 idx = perm[list(r)]
                 rows = idx.tolist()

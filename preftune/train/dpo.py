@@ -39,6 +39,7 @@ class PairItem:
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
+    label: float | None = None  # soft label P(chosen ≻ rejected); None: a hard pair
 
     @property
     def length(self) -> int:  # tokens of its packed row
@@ -69,11 +70,13 @@ class PreferenceBatch:
     lengths: torch.Tensor  # [B, k] scored tokens per sequence
     desirable: torch.Tensor | None = None  # [B] (KTO)
     mismatched: PackedBatch | None = None  # KTO: prompt_i + completion of another example, one per item
+    labels: torch.Tensor | None = None  # [B] soft labels P(chosen ≻ rejected) (None: every pair hard)
 
     def to(self, device) -> "PreferenceBatch":
         return PreferenceBatch(self.packed.to(device), self.keys, self.lengths.to(device),
                                None if self.desirable is None else self.desirable.to(device),
-                               None if self.mismatched is None else self.mismatched.to(device))
+                               None if self.mismatched is None else self.mismatched.to(device),
+                               None if self.labels is None else self.labels.to(device))
 
     @property
     def size(self) -> int:
@@ -89,7 +92,10 @@ class PairCollator:
     def __call__(self, items: list[PairItem]) -> PreferenceBatch:
         packed = pack_pairs([i.prompt_ids for i in items], [i.chosen_ids for i in items], [i.rejected_ids for i in items],
                             pad_id=self.pad_id, layout=self.layout, max_row_tokens=self.max_row_tokens)
-        return PreferenceBatch(packed, [i.key for i in items], packed.counts.view(-1, 2))
+        labels = None
+        if any(i.label is not None for i in items):  # a hard pair among soft ones has probability 1
+            labels = torch.tensor([1.0 if i.label is None else i.label for i in items], dtype=torch.float32)
+        return PreferenceBatch(packed, [i.key for i in items], packed.counts.view(-1, 2), labels=labels)
 
 
 class UnpairedCollator:
@@ -241,7 +247,8 @@ class PreferenceStep:
         ref = self.reference(model, batch) if self.spec.reference else None
         lengths = batch.lengths.to(policy.dtype)
         x = PairLogps(policy[:, 0], policy[:, 1], lengths[:, 0], lengths[:, 1],
-                      None if ref is None else ref[:, 0], None if ref is None else ref[:, 1])
+                      None if ref is None else ref[:, 0], None if ref is None else ref[:, 1],
+                      None if batch.labels is None else batch.labels.to(policy.dtype))
         k = self.knobs
         out = paired_loss(self.spec.name, x, beta=k.beta, label_smoothing=k.label_smoothing, simpo_gamma=k.simpo_gamma,
                           rpo_alpha=k.rpo_alpha, cpo_alpha=k.cpo_alpha, ipo_length_normalize=k.ipo_length_normalize)

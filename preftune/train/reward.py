@@ -50,6 +50,7 @@ class TokenizedItem:
     completions: tuple[tuple[int, ...], ...]
     margin: float = 0.0
     label: int = 0
+    target: float | None = None  # bradley_terry: a soft label P(chosen ≻ rejected) (None: a hard pair)
 
     @property
     def num_tokens(self) -> int:
@@ -74,11 +75,16 @@ def tokenize_example(tokenizer, example, objective: str, *, max_length: int | No
         if not isinstance(example, PreferencePair):
             raise PreftuneError(f"objective bradley_terry trains on preference pairs, got {type(example).__name__}")
         completions = (encode_completion(tokenizer, example.chosen), encode_completion(tokenizer, example.rejected))
-        item = TokenizedItem(prompt_ids, tuple(map(tuple, completions)), margin=float(example.margin or 0.0))
+        item = TokenizedItem(prompt_ids, tuple(map(tuple, completions)), margin=float(example.margin or 0.0),
+                             target=example.label)
     elif objective == "plackett_luce":
         responses = (example.chosen, example.rejected) if isinstance(example, PreferencePair) else example.responses
         if not isinstance(example, (PreferencePair, Ranking)):
             raise PreftuneError(f"objective plackett_luce trains on rankings, got {type(example).__name__}")
+        if isinstance(example, PreferencePair) and example.label is not None:
+            src = example.source
+            raise DataError("a soft label needs objective bradley_terry (plackett_luce ranks hard)",
+                            file=src.file if src else None, row=src.row if src else None, field="label")
         item = TokenizedItem(prompt_ids, tuple(tuple(encode_completion(tokenizer, r)) for r in responses))
     elif objective in ("rule", "classes"):
         if objective == "rule" and not isinstance(example, RuleExample):
@@ -110,10 +116,12 @@ class RewardBatch:
     labels: torch.Tensor  # [N] (rule: 0/1, classes: index)
     counts: torch.Tensor  # [N] completions per item
     has_margin: bool
+    targets: torch.Tensor | None = None  # [N] soft labels P(chosen ≻ rejected) (bradley_terry; None: all hard)
 
     def to(self, device) -> RewardBatch:
         return RewardBatch(self.packed.to(device), self.objective, self.margins.to(device), self.labels.to(device),
-                           self.counts.to(device), self.has_margin)
+                           self.counts.to(device), self.has_margin,
+                           None if self.targets is None else self.targets.to(device))
 
     @property
     def num_items(self) -> int:
@@ -146,6 +154,8 @@ def collate(items: Sequence[TokenizedItem], objective: str, *, pad_id: int, layo
         labels=torch.tensor([i.label for i in items], dtype=torch.long),
         counts=torch.tensor([len(i.completions) for i in items], dtype=torch.long),
         has_margin=any(i.margin != 0.0 for i in items),
+        targets=(torch.tensor([1.0 if i.target is None else i.target for i in items], dtype=torch.float32)
+                 if any(i.target is not None for i in items) else None),
     )
 
 
@@ -168,7 +178,7 @@ def reward_loss(net: ScalarHeadModel, batch: RewardBatch, *, use_margin: bool = 
         r = out[:, 0].float()
         chosen, rejected = r[0::2], r[1::2]
         margin = batch.margins if (use_margin and batch.has_margin) else None
-        loss = bradley_terry_loss(chosen, rejected, margin, reduction=reduction)
+        loss = bradley_terry_loss(chosen, rejected, margin, reduction=reduction, target=batch.targets)
         metrics["loss/bradley_terry"] = loss.item() / (batch.num_items if reduction == "sum" else 1)
         if center_coef:
             centre = reward_centering_loss(chosen, rejected, reduction=reduction)
