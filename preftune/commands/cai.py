@@ -47,27 +47,9 @@ def _chat(spec: str, config: _ChatOptions, base_url: str | None, cache: dict):
 
 
 def _prompts(path: str, fmt: str, limit: int | None) -> list:
-    """The distinct prompts of a data file, in file order: the prompts of preference or SFT data, or a prompt set
-    (a file with just a prompt field, e.g. ``{"prompt": ...}`` lines or a HarmBench CSV)."""
-    from preftune.data.convert import load_examples
-    from preftune.eval.data import load_prompt_set
+    from preftune.eval.data import distinct_prompts
 
-    examples = None
-    for kind in ("preference", "sft"):
-        try:
-            examples = load_examples(path, fmt, kind=kind).examples
-            break
-        except PreftuneError:
-            continue
-    if examples is None:
-        examples = load_prompt_set(path)
-    seen, prompts = set(), []
-    for ex in examples:
-        key = json.dumps(ex.prompt, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            prompts.append(ex.prompt)
-    return prompts[:limit] if limit else prompts
+    return distinct_prompts(path, fmt, limit=limit)
 
 
 # -- cai revise ------------------------------------------------------------------------------------------

@@ -152,29 +152,10 @@ class RejectionSamplingConfig(BestOfNConfig):
 
 def load_prompts(config: _Common, tokenizer) -> tuple[list, list[list[int]]]:
     """The prompts of ``config.prompts`` (deduplicated, in file order) and their token ids."""
-    from preftune.data.convert import load_examples
     from preftune.data.tokenize import encode_prompt
+    from preftune.eval.data import distinct_prompts
 
-    kind = "sft" if config.prompts_format in ("sft",) else "preference"
-    try:
-        examples = load_examples(config.prompts, config.prompts_format, kind=kind, limit=None).examples
-    except PreftuneError:
-        try:
-            examples = load_examples(config.prompts, config.prompts_format, kind="sft").examples
-        except PreftuneError:
-            if config.prompts_format != "auto":
-                raise
-            from preftune.eval.data import load_prompt_set
-
-            examples = load_prompt_set(config.prompts)  # a prompt-only file ({"prompt": ...} lines, a CSV)
-    seen, prompts = set(), []
-    for ex in examples:
-        key = json.dumps(ex.prompt, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            prompts.append(ex.prompt)
-    if config.limit:
-        prompts = prompts[: config.limit]
+    prompts = distinct_prompts(config.prompts, config.prompts_format, limit=config.limit)
     kept, ids, skipped = [], [], 0
     for p in prompts:
         t = encode_prompt(tokenizer, p)  # in the format settled on the tokenizer (start_online)

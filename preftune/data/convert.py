@@ -454,7 +454,12 @@ def convert_row(row: dict, source: Source, format: str, kind: str, options: Read
         if kind == "sft":
             return [SFTExample(pairs[0].prompt, pairs[0].chosen, source)]
         return pairs
-    pair = hh_pair_from_row(row, source) if format == "hh" else pair_from_row(row, source)
+    return pair_views(hh_pair_from_row(row, source) if format == "hh" else pair_from_row(row, source), kind, source)
+
+
+def pair_views(pair: PreferencePair, kind: str, source: Source) -> list:
+    """What one pair gives each kind: itself; its chosen side as a demonstration; chosen desirable and rejected
+    undesirable (KTO); a two-response ranking."""
     if kind == "sft":
         return [SFTExample(pair.prompt, pair.chosen, source)]
     if kind == "unpaired":

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
-from preftune.data.convert import ReadOptions, RowDropped, _bool, _completion, _prompt, _text, skip_reason
-from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, Source, UnpairedExample
+from preftune.data.convert import ReadOptions, RowDropped, _bool, _completion, _prompt, _text, pair_views, skip_reason
+from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, Source
 from preftune.errors import DataError
 
 #: the rule a jailbreak row is labelled against (followed = the attack failed)
@@ -132,14 +132,7 @@ def jailbreak_rule_row(row: dict, source: Source) -> RuleExample:
 def convert_native_row(row: dict, source: Source, format: str, kind: str, options: ReadOptions) -> list:
     if format == "jailbreak":
         return [jailbreak_rule_row(row, source)]
-    pair = scored_pair(row, source, options)
-    if kind == "sft":
-        return [SFTExample(pair.prompt, pair.chosen, source)]
-    if kind == "unpaired":
-        return [UnpairedExample(pair.prompt, pair.chosen, True, source), UnpairedExample(pair.prompt, pair.rejected, False, source)]
-    if kind == "ranking":
-        return [Ranking(pair.prompt, (pair.chosen, pair.rejected), source)]
-    return [pair]
+    return pair_views(scored_pair(row, source, options), kind, source)
 
 
 def convert_grouped(rows: list[tuple[int, dict]], file: str, format: str, kind: str, options: ReadOptions, *,

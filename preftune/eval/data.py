@@ -125,3 +125,28 @@ def align_responses(prompts: Sequence[PromptItem], generations: Sequence[PromptI
         raise PreftuneError(f"{source} has no response for {len(missing)} of {len(prompts)} prompts "
                             f"(first missing: {missing[0].key[:80]!r}); prompts are matched by their text")
     return [table[p.key] for p in prompts]
+
+
+def distinct_prompts(path: str, fmt: str = "auto", *, limit: int | None = None) -> list:
+    """The distinct prompts of a data file, in file order: the prompts of preference or SFT data, or a prompt set
+    (a file with just a prompt field, e.g. ``{"prompt": ...}`` lines or a HarmBench CSV)."""
+    import json
+
+    from preftune.data.convert import load_examples
+
+    examples = None
+    for kind in ("preference", "sft"):
+        try:
+            examples = load_examples(path, fmt, kind=kind).examples
+            break
+        except PreftuneError:
+            continue
+    if examples is None:
+        examples = load_prompt_set(path)
+    seen, prompts = set(), []
+    for ex in examples:
+        key = json.dumps(ex.prompt, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            prompts.append(ex.prompt)
+    return prompts[:limit] if limit else prompts
