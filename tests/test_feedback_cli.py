@@ -107,17 +107,6 @@ def test_stats_and_export_commands(files, capsys):
     assert main(["annotate", "export", "--db", str(db), "--task", "votes", "--out", str(out_file)]) == 2
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    from preftune.models.loading import tiny_model, tiny_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-lm")
-    tok = tiny_tokenizer("chatml")
-    tiny_model(len(tok)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.parametrize("command", ["reward", "dpo"])
 def test_trainers_read_the_feedback_database(files, tiny_lm, tmp_path, command):
     db = _annotated(files)

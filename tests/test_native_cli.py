@@ -6,22 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 from preftune.cli import main
 
 DATA = Path(__file__).parent / "fixtures" / "data"
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    from preftune.models.loading import tiny_model, tiny_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-lm")
-    tok = tiny_tokenizer("chatml")
-    tiny_model(len(tok)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def _metrics(run: Path) -> list[dict]:

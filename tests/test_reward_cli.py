@@ -13,17 +13,6 @@ DATA = Path(__file__).parent / "fixtures" / "data"
 
 
 @pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    from preftune.models.loading import tiny_model, tiny_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-lm")
-    tok = tiny_tokenizer("chatml")
-    tiny_model(len(tok)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def trained(tiny_lm, tmp_path_factory):
     out = tmp_path_factory.mktemp("rm")
     code = main(["reward", "--model", str(tiny_lm), "--data", str(DATA / "pairs.jsonl"), "--output-dir", str(out),
