@@ -18,6 +18,7 @@ from preftune.errors import PreftuneError
 COMMANDS: dict[str, tuple[str, str]] = {
     "data inspect": ("preftune.data.inspect:COMMAND", "Count rows, pairs and token lengths of a data file, with one example"),
     "data mix": ("preftune.data.mix:COMMAND", "Mix data sources into one training file with a fixed held-out part of each"),
+    "data safety-pairs": ("preftune.commands.safety:COMMAND", "Refusal contrast pairs: refuse harmful prompts, answer benign ones"),
     "sft": ("preftune.commands.offline:SFT", "Instruction tuning (SFT) on demonstrations, full or LoRA"),
     "dpo": ("preftune.commands.offline:DPO", "Preference optimisation without RL: DPO, IPO, cDPO, SimPO, ORPO, CPO, KTO, ..."),
     "reward": ("preftune.commands.reward:TRAIN", "Train a reward model (Bradley-Terry, margins, Plackett-Luce) or a rule model"),

@@ -24,7 +24,7 @@ Formats (``format=``):
 Kinds (``kind=``) are what the caller needs: ``sft``, ``preference``, ``unpaired``, ``rule`` or ``ranking``.
 Preference data also gives SFT examples (prompt + chosen) and unpaired ones (chosen → desirable,
 rejected → undesirable); rankings and corrections give pairs. The native formats of public datasets (``oasst``,
-``ratings``, ``scored``, ``jailbreak``) are read by :mod:`preftune.data.native`, with the choices in :class:`ReadOptions`.
+``ratings``, ``scored``, ``jailbreak``, ``self_instruct``) are read by :mod:`preftune.data.native`, with the choices in :class:`ReadOptions`.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from preftune.data.readers import read_rows
 from preftune.errors import DataError, PreftuneError
 
 FORMATS = ("auto", "sft", "preference", "hh", "ranking", "correction", "unpaired", "rule", "oasst", "ratings", "scored",
-           "jailbreak")
+           "jailbreak", "self_instruct")
 KINDS = ("sft", "preference", "unpaired", "rule", "ranking")
 
 # Which formats can produce which kinds.
@@ -66,6 +66,7 @@ _PRODUCES = {
     "ratings": {"preference", "sft"},
     "scored": {"preference", "sft", "unpaired", "ranking"},
     "jailbreak": {"rule"},
+    "self_instruct": {"sft"},
 }
 
 # Formats whose examples come from several rows (a message table, rated rows of one prompt): read whole, then converted.
@@ -429,7 +430,7 @@ def convert_row(row: dict, source: Source, format: str, kind: str, options: Read
     """One row in ``format`` → the examples of ``kind`` it gives (a list: rankings and corrections give several).
 
     Raises :class:`DataError` for a bad row and :class:`RowDropped` for a row the format's rule leaves out."""
-    if format in ("scored", "jailbreak"):
+    if format in ("scored", "jailbreak", "self_instruct"):
         from preftune.data.native import convert_native_row
 
         return convert_native_row(row, source, format, kind, options or ReadOptions())

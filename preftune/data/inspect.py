@@ -17,7 +17,7 @@ from preftune.progress import progress
 # The kind of examples inspected for each format (what the data is for).
 _KIND_OF_FORMAT = {"sft": "sft", "preference": "preference", "hh": "preference", "ranking": "preference",
                    "correction": "preference", "unpaired": "unpaired", "rule": "rule", "oasst": "preference",
-                   "ratings": "preference", "scored": "preference", "jailbreak": "rule"}
+                   "ratings": "preference", "scored": "preference", "jailbreak": "rule", "self_instruct": "sft"}
 
 
 @with_read_options

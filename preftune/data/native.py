@@ -24,6 +24,10 @@
 ``jailbreak``
     JailbreakBench attack artifacts (Chao et al. 2024, arXiv:2404.01318): each attempt (``goal``, attack ``prompt``,
     target ``response``, ``jailbroken``) is a rule row for :data:`JAILBREAK_RULE`, followed when not jailbroken.
+``self_instruct``
+    Self-Instruct tasks (Wang et al. 2023, arXiv:2212.10560; ``instruction`` + ``instances[]`` of ``input`` /
+    ``output``, as in its seed and user-oriented task files): each instance is a demonstration whose prompt is the
+    instruction, followed by a blank line and the instance's input when it has one. Demonstrations only (``sft``).
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ def detect_native(row: dict) -> str | None:
         return "scored"
     if {"goal", "response", "jailbroken"} <= keys:
         return "jailbreak"
+    if {"instruction", "instances"} <= keys and isinstance(row["instances"], list):
+        return "self_instruct"
     if {"prompt", "response"} <= keys and ("rating" in keys or "helpfulness" in keys) and "rule" not in keys:
         return "ratings"
     return None
@@ -129,9 +135,35 @@ def jailbreak_rule_row(row: dict, source: Source) -> RuleExample:
     return RuleExample(prompt, _completion(row, "response", source), JAILBREAK_RULE, not _bool(row, "jailbroken", source), source)
 
 
+def self_instruct_examples(row: dict, source: Source) -> list[SFTExample]:
+    """A Self-Instruct task → one demonstration per instance: instruction (+ blank line + input) → output."""
+    instruction = _text(row, "instruction", source).strip()
+    instances = row["instances"]
+    if not instances:
+        raise DataError("has no instances (each gives one demonstration)", file=source.file, row=source.row, field="instances")
+    examples = []
+    for i, instance in enumerate(instances):
+        field = f"instances[{i}]"
+        if not isinstance(instance, dict):
+            raise DataError(f"expected an object with input and output, got {type(instance).__name__}",
+                            file=source.file, row=source.row, field=field)
+        given = instance.get("input") or ""
+        if not isinstance(given, str):
+            raise DataError(f"expected text, got {type(given).__name__}", file=source.file, row=source.row, field=f"{field}.input")
+        output = instance.get("output")
+        if not isinstance(output, str) or not output.strip():
+            raise DataError("is missing or empty" if not isinstance(output, str) or not output else "is empty",
+                            file=source.file, row=source.row, field=f"{field}.output")
+        prompt = instruction + ("\n\n" + given.strip() if given.strip() else "")
+        examples.append(SFTExample(prompt, output.strip(), source))
+    return examples
+
+
 def convert_native_row(row: dict, source: Source, format: str, kind: str, options: ReadOptions) -> list:
     if format == "jailbreak":
         return [jailbreak_rule_row(row, source)]
+    if format == "self_instruct":
+        return self_instruct_examples(row, source)
     return pair_views(scored_pair(row, source, options), kind, source)
 
 
