@@ -60,7 +60,7 @@ class Settings:
     temperature: float = 1.0
     max_steps: int = 30
     batch_size: int = 8
-    learning_rate: float = 2e-4
+    learning_rate: float = 5e-4
     beta: float = 0.1
     eval_prompts: str = "starter:test"
     eval_limit: int | None = None

@@ -81,4 +81,4 @@ def test_the_command_line_prints_the_win_rate(example, tiny_lm, tmp_path, capsys
     summary = json.loads((tmp_path / "summary.json").read_text())
     wr = summary["eval"]["win_rate"]
     assert f"win rate {wr['value']:.3f} (95% interval {wr['ci_low']:.3f}-{wr['ci_high']:.3f}; " in out
-    assert summary["settings"]["eval_limit"] == 2 and summary["settings"]["learning_rate"] == 2e-4
+    assert summary["settings"]["eval_limit"] == 2 and summary["settings"]["learning_rate"] == 5e-4
