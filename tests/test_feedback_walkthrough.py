@@ -55,7 +55,9 @@ def test_walkthrough(tmp_path, monkeypatch, capsys):
     assert answer_everything("feedback.sqlite", link.rsplit("/", 1)[1], shorter) > 0
     # 4. statistics and exports
     assert main(["annotate", "stats", "--db", "feedback.sqlite"]) == 0
-    assert main(["annotate", "export", "--db", "feedback.sqlite", "--task", "judgements", "--out", "human.jsonl"]) == 0
+    assert main(["annotate", "export", "--db", "feedback.sqlite", "--task", "pairwise", "--out", "pairs.jsonl"]) == 0
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(len(p["chosen"]) < len(p["rejected"]) for p in pairs)  # the annotator's taste, pair by pair
     # 5. DPO on the database
     assert main(["dpo", "--model", "tiny", "--data", "feedback.sqlite", "--lora", "--merge", "--max-steps", "2",
                  "--output-dir", "runs/mine"]) == 0
