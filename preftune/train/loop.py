@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from preftune.distributed import world_size
 from preftune.errors import PreftuneError
 from preftune.progress import progress
 from preftune.runs import RunDir
@@ -202,11 +203,13 @@ def _weighted_mean(rows: list[tuple[float, dict[str, float]]]) -> dict[str, floa
     return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
 
 
-def accumulate(module: torch.nn.Module, step: Step, batches: list, accelerator) -> tuple[float, dict[str, float], int]:
+def accumulate(module: torch.nn.Module, step: Step, batches: list,
+               accelerator) -> tuple[float, dict[str, float], int, float]:
     """Forward and backward over one optimizer step's micro-batches with the exact global normalisation.
 
-    Returns (the window's mean loss on this process ⋅ its share, merged metrics, tokens). Gradients are left in the
-    parameters' ``.grad``; DDP gradient sync happens only on the last micro-batch.
+    Returns (this process's share of the window's mean loss: its loss sum over the global weight, its metrics merged
+    by weight, its tokens, its weight). Gradients are left in the parameters' ``.grad``; DDP gradient sync happens
+    only on the last micro-batch.
     """
     weights = [float(step.weight(b)) for b in batches]
     local = torch.tensor(sum(weights), dtype=torch.float64, device=accelerator.device)
@@ -224,7 +227,7 @@ def accumulate(module: torch.nn.Module, step: Step, batches: list, accelerator) 
         loss_sum += out.loss.detach().float().item()
         rows.append((weights[j], out.metrics))
         tokens += out.tokens
-    return loss_sum / total, _weighted_mean(rows), tokens
+    return loss_sum / total, _weighted_mean(rows), tokens, sum(weights)
 
 
 # -- checkpoints ----------------------------------------------------------------------------------------
@@ -325,10 +328,20 @@ def make_accelerator(mixed_precision: str = "auto"):
 
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() else "no"
-    previous = AcceleratorState._shared_state.get("_mixed_precision")
-    if previous is not None and previous != mixed_precision:
+    world = world_size()
+    shared = AcceleratorState._shared_state
+    previous = shared.get("_mixed_precision")
+    if (previous is not None and previous != mixed_precision) or (shared and shared.get("num_processes", world) != world):
+        # another setting, or a state inherited over fork from a parent with another process count
         AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision=mixed_precision)
+    # without an accelerator device, accelerate sets up gloo on CPUs only when asked (`accelerate launch --cpu`);
+    # under plain torchrun it would otherwise run N independent single-process trainings
+    cpu = world > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    if accelerator.num_processes != world:
+        raise PreftuneError(f"launched as {world} processes (WORLD_SIZE), but accelerate set up "
+                            f"{accelerator.num_processes}; check the launcher's environment")
+    return accelerator
 
 
 @dataclass
@@ -388,7 +401,7 @@ def train(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], A
     for s in range(start, n_steps):
         t0 = time.perf_counter()
         batches = [collate([dataset[i] for i in idx]) for idx in plan.micro_batches(s, rank)]
-        loss, metrics, tokens = accumulate(module, step, batches, accelerator)
+        loss, metrics, tokens, weight = accumulate(module, step, batches, accelerator)
         if settings.max_grad_norm:
             grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm)
         else:
@@ -401,9 +414,9 @@ def train(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], A
         if accelerator.num_processes > 1:
             from accelerate.utils import gather_object
 
-            gathered = gather_object([(loss, metrics, tokens)])
+            gathered = gather_object([(loss, metrics, tokens, weight)])
             loss = sum(g[0] for g in gathered)  # each process's share of the global mean
-            metrics = _weighted_mean([(1.0, g[1]) for g in gathered])
+            metrics = _weighted_mean([(g[3], g[1]) for g in gathered])  # as one process would merge the micro-batches
             tokens = sum(g[2] for g in gathered)
         last = {"loss": loss, **metrics, "grad_norm": float(grad_norm), "learning_rate": lr,
                 "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0, "epoch": (s + 1) / plan.steps_per_epoch}
