@@ -58,6 +58,15 @@ class RunDir:
         out.write_text(yaml.safe_dump(data, sort_keys=False))
         return out
 
+    def record(self, key: str, value: Any) -> None:
+        """Add (or replace) a top-level ``key`` of ``config.yaml``: a setting the trainer decided (the precision)."""
+        out = self.path / "config.yaml"
+        if not self.writes:
+            return
+        data = yaml.safe_load(out.read_text()) if out.exists() else {}
+        data = {**(data or {}), key: value}
+        out.write_text(yaml.safe_dump(data, sort_keys=False))
+
     # -- metrics --------------------------------------------------------------------------------
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         """Append one line ``{"step": step, **metrics}`` to metrics.jsonl (and mirror to report_to)."""

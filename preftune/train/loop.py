@@ -272,11 +272,14 @@ def save_checkpoint(run: RunDir, step: int, model, optimizer, scheduler, acceler
     return path
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> int:
+def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator, *, any_process_count: bool = False) -> int:
+    """Load a checkpoint of :func:`save_checkpoint`; returns its step. ``any_process_count``: the caller's data
+    schedule does not depend on the process count, so a checkpoint of N processes may resume with M (each process
+    takes its own RNG state where the checkpoint has one, else the main process's)."""
     from safetensors.torch import load_file
 
     state = json.loads((path / "state.json").read_text())
-    if state.get("num_processes", 1) != accelerator.num_processes:
+    if state.get("num_processes", 1) != accelerator.num_processes and not any_process_count:
         raise PreftuneError(f"--resume: {path} was written by {state['num_processes']} processes, this run has "
                             f"{accelerator.num_processes}; resume with the same number of processes")
     weights = load_file(str(path / "trainable.safetensors"))
@@ -290,7 +293,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> int
             params[name].copy_(value)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    _set_rng_state(torch.load(path / f"rng-{accelerator.process_index}.pt", weights_only=False))
+    rng = path / f"rng-{accelerator.process_index}.pt"
+    _set_rng_state(torch.load(rng if rng.exists() else path / "rng-0.pt", weights_only=False))
     return int(state["step"])
 
 
