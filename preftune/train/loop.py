@@ -41,6 +41,7 @@ from preftune.distributed import world_size
 from preftune.errors import PreftuneError
 from preftune.progress import progress
 from preftune.runs import RunDir
+from preftune.train.precision import precision_policy, to_master_weights
 
 # -- the seam a method plugs into ----------------------------------------------------------------------
 
@@ -86,7 +87,7 @@ class LoopSettings:
     keep_checkpoints: int | None = None  # keep the newest N checkpoints (None: all)
     seed: int = 42
     shuffle: bool = True
-    mixed_precision: str = "auto"  # auto (bf16 on CUDA, none on CPU) | no | bf16 | fp16
+    mixed_precision: str = "auto"  # preftune.train.precision: auto (bf16 autocast on CUDA, fp32 on CPU) | no | bf16 | fp16
     resume: bool | str | None = None
     log_every: int = 1
 
@@ -320,7 +321,7 @@ def adamw(params: list[torch.nn.Parameter], **kwargs) -> torch.optim.AdamW:
 
 
 def make_accelerator(mixed_precision: str = "auto"):
-    """An ``Accelerator`` with ``mixed_precision`` ("auto": bf16 where CUDA is available, else none).
+    """An ``Accelerator`` with ``mixed_precision`` ("auto": :func:`preftune.train.precision.precision_policy`'s).
 
     accelerate's state is process-wide and refuses a second, different mixed-precision setting ("AcceleratorState
     has already been initialized"). Several runs in one process (the demo, a notebook: a reward model, then PPO,
@@ -331,7 +332,7 @@ def make_accelerator(mixed_precision: str = "auto"):
     from accelerate.state import AcceleratorState
 
     if mixed_precision == "auto":
-        mixed_precision = "bf16" if torch.cuda.is_available() else "no"
+        mixed_precision = precision_policy("auto").autocast
     world = world_size()
     shared = AcceleratorState._shared_state
     previous = shared.get("_mixed_precision")
@@ -368,7 +369,11 @@ def train(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], A
     """
     from preftune.runs import resolve_resume
 
-    accelerator = accelerator or make_accelerator(settings.mixed_precision)
+    precision = precision_policy(settings.mixed_precision)  # for accelerate's device (it places the model there)
+    to_master_weights(model, precision)  # AdamW steps fp32 weights, whatever dtype the model was loaded in
+    accelerator = accelerator or make_accelerator(precision.autocast)
+    if accelerator.is_main_process:
+        run.record("precision", precision.record())
     torch.manual_seed(settings.seed)
     random.seed(settings.seed)
     np.random.seed(settings.seed)
