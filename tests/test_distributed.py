@@ -44,7 +44,8 @@ def runs(tmp_path_factory, tiny_lm):
     data = _pairs(root)
     for method, (one, _) in LAYOUTS.items():
         assert main(_argv(method, tiny_lm, data, root / f"{method}-1", *one)) == 0
-    launch_processes(_run_all, 2, [_argv(method, tiny_lm, data, root / f"{method}-2", *two)
+    # the 2-process runs also leave checkpoints (a 1-process run resumes them below)
+    launch_processes(_run_all, 2, [_argv(method, tiny_lm, data, root / f"{method}-2", *two) + ["--save-every", "1"]
                                    for method, (_, two) in LAYOUTS.items()])
     return root
 
@@ -108,3 +109,35 @@ def test_fsdp_on_two_cpu_processes_trains_as_one(runs, tiny_lm, tmp_path):
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], abs=1e-6)
     a, b = _final_weights(runs / "sft-1"), _final_weights(tmp_path / "sft-fsdp")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo"])
+def test_a_two_process_checkpoint_resumes_in_one_process(runs, tiny_lm, tmp_path, method):
+    import shutil
+
+    folder = tmp_path / method
+    shutil.copytree(runs / f"{method}-2", folder)
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["step-1", "step-2"]
+    # DPO: the reference log-probs were precomputed per process; the one process needs both files
+    if method == "dpo":
+        assert sorted(p.name for p in folder.glob("ref_logps-*.pt")) == ["ref_logps-0.pt", "ref_logps-1.pt"]
+    one = LAYOUTS[method][0]
+    checkpoint = folder / "checkpoints" / "step-1"
+    assert main(_argv(method, tiny_lm, runs / "pairs.jsonl", folder, *one) + ["--resume", str(checkpoint)]) == 0
+    resumed, straight = read_metrics(folder), read_metrics(runs / f"{method}-1")
+    assert [r["step"] for r in resumed] == [1, 2, 3]
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight], abs=1e-6)
+    a, b = _final_weights(runs / f"{method}-1"), _final_weights(folder)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_resume_with_another_global_batch_is_refused(runs, tiny_lm, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "sft"
+    shutil.copytree(runs / "sft-2", folder)
+    checkpoint = folder / "checkpoints" / "step-1"
+    assert main(_argv("sft", tiny_lm, runs / "pairs.jsonl", folder, 2, 1) + ["--resume", str(checkpoint)]) != 0
+    assert (f"--resume: {checkpoint} was written by 2 processes with a global batch of 4 (4 steps an epoch); this run "
+            "has 1 with 2 (8 steps an epoch): resume with batch_size × grad_accum × processes equal to the checkpoint's"
+            in capsys.readouterr().err)

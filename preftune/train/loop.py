@@ -399,7 +399,17 @@ def train(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], A
     if setup is not None:  # before the checkpoint's weights are loaded: the model still has its initial weights
         setup(accelerator, plan, range(start, n_steps))
     if checkpoint is not None:
-        load_checkpoint(checkpoint, module, optimizer, scheduler, accelerator)
+        saved = json.loads((checkpoint / "state.json").read_text())
+        # the data order is a function of (seed, global batch, steps per epoch): another process count with the
+        # same global batch replays the same examples at the same steps
+        same_plan = (saved.get("global_batch"), saved.get("steps_per_epoch")) == (plan.global_batch, plan.steps_per_epoch)
+        if saved.get("num_processes", 1) != accelerator.num_processes and not same_plan:
+            raise PreftuneError(
+                f"--resume: {checkpoint} was written by {saved.get('num_processes', 1)} processes with a global batch "
+                f"of {saved.get('global_batch', '?')} ({saved.get('steps_per_epoch', '?')} steps an epoch); this run "
+                f"has {accelerator.num_processes} with {plan.global_batch} ({plan.steps_per_epoch} steps an epoch): resume with "
+                "batch_size × grad_accum × processes equal to the checkpoint's")
+        load_checkpoint(checkpoint, module, optimizer, scheduler, accelerator, any_process_count=same_plan)
     if accelerator.is_main_process:
         run.truncate_metrics(start)
 
@@ -435,7 +445,8 @@ def train(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], A
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
         if settings.save_every and (s + 1) % settings.save_every == 0 and s + 1 < n_steps:
-            save_checkpoint(run, s + 1, module, optimizer, scheduler, accelerator)
+            save_checkpoint(run, s + 1, module, optimizer, scheduler, accelerator,
+                            {"global_batch": plan.global_batch, "steps_per_epoch": plan.steps_per_epoch})
             if accelerator.is_main_process:
                 _prune(run, settings.keep_checkpoints)
     if bar is not None:
