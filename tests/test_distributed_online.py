@@ -36,8 +36,10 @@ class ScriptedEngine:
     def __init__(self, vocab_size: int, eos_id: int):
         self.vocab, self.eos = vocab_size, eos_id
         self.updates = 0
+        self.seeds: list[int] = []
 
     def generate(self, prompt_ids, params):
+        self.seeds.append(params.seed)
         seen: Counter = Counter()
         sequences = []
         for p in prompt_ids:
@@ -81,6 +83,7 @@ def make_trainer(tok, method: str, folder, *, steps: int = 1, save_every: int = 
 def _train_and_save(tok, method, folder, **kwargs) -> None:
     trainer = make_trainer(tok, method, folder, **kwargs)
     trainer.train()
+    torch.save(trainer.engine.seeds, folder / f"seeds-{trainer.rank}.pt")
     if trainer.accelerator.is_main_process:
         torch.save({k: v.detach().clone() for k, v in trainer.module.state_dict().items()}, folder / "weights.pt")
         torch.save(trainer.engine.updates, folder / "updates.pt")
@@ -127,6 +130,10 @@ def test_two_processes_take_the_one_process_step(runs, chatml_tokenizer, method)
     assert _max_weight_gap(w1, start) > 1e-4
     # the engine heard of every optimizer step (PPO: 2 epochs of one minibatch; GRPO: one)
     assert torch.load(runs / f"{method}-2" / "updates.pt") == (2 if method == "ppo" else 1)
+    # each process samples with its own seed; process 0 with a one-process run's
+    seeds = [torch.load(runs / f"{method}-2" / f"seeds-{r}.pt") for r in (0, 1)]
+    assert seeds[0] == torch.load(runs / f"{method}-1" / "seeds-0.pt") == [0]
+    assert seeds[1] == [1 << 40]
 
 
 def _initial_weights(tok, method: str) -> dict:

@@ -168,9 +168,12 @@ class OnlineTrainer:
         return out
 
     def sampling_params(self, step: int) -> SamplingParams:
+        """The step's sampling parameters; each process samples its share with its own seed (rank 0: the seed of a
+        one-process run), so the processes' draws are independent rather than the same uniforms on other prompts."""
         s = self.s
         return SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                              stop=tuple(s.stop), seed=s.seed * 1_000_003 + step, do_sample=s.temperature > 0)
+                              stop=tuple(s.stop), seed=s.seed * 1_000_003 + step + self.rank * (1 << 40),
+                              do_sample=s.temperature > 0)
 
     # -- one step -------------------------------------------------------------------------------------
     @property

@@ -374,9 +374,11 @@ def train(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], A
     accelerator = accelerator or make_accelerator(precision.autocast)
     if accelerator.is_main_process:
         run.record("precision", precision.record())
-    torch.manual_seed(settings.seed)
-    random.seed(settings.seed)
-    np.random.seed(settings.seed)
+    # seeds per process (dropout draws differ between processes; process 0 draws as a one-process run does); the
+    # data order has its own generator, a function of (seed, epoch) only
+    torch.manual_seed(settings.seed + accelerator.process_index)
+    random.seed(settings.seed + accelerator.process_index)
+    np.random.seed(settings.seed + accelerator.process_index)
     plan = DataPlan(len(dataset), settings.batch_size, settings.grad_accum, accelerator.num_processes,
                     settings.seed, settings.shuffle, lengths)
     n_steps = total_steps(settings, plan)
