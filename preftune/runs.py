@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from preftune.distributed import is_main_process
 from preftune.errors import PreftuneError
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -43,19 +44,34 @@ class RunDir:
         self.checkpoints_dir = self.path / "checkpoints"
         self.final_dir = self.path / "final"
         self._writers: list[Any] = []
-        for target in report_to:
+        # under a multi-process launch every process opens the run folder; only the main one writes to it
+        self.writes = is_main_process()
+        for target in report_to if self.writes else ():
             self._writers.append(_open_reporter(target, self.path, run_name or self.path.name))
 
     # -- config ---------------------------------------------------------------------------------
     def save_config(self, config: BaseModel | dict) -> Path:
         data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
         out = self.path / "config.yaml"
+        if not self.writes:
+            return out
         out.write_text(yaml.safe_dump(data, sort_keys=False))
         return out
+
+    def record(self, key: str, value: Any) -> None:
+        """Add (or replace) a top-level ``key`` of ``config.yaml``: a setting the trainer decided (the precision)."""
+        out = self.path / "config.yaml"
+        if not self.writes:
+            return
+        data = yaml.safe_load(out.read_text()) if out.exists() else {}
+        data = {**(data or {}), key: value}
+        out.write_text(yaml.safe_dump(data, sort_keys=False))
 
     # -- metrics --------------------------------------------------------------------------------
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         """Append one line ``{"step": step, **metrics}`` to metrics.jsonl (and mirror to report_to)."""
+        if not self.writes:
+            return
         row = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -64,7 +80,7 @@ class RunDir:
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop logged rows past ``after_step`` (on resume, so the curve equals an uninterrupted run's)."""
-        if not self.metrics_path.exists():
+        if not self.writes or not self.metrics_path.exists():
             return
         rows = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= after_step]
         self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))

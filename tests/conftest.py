@@ -66,3 +66,38 @@ def tiny_lm(tmp_path_factory):
     tiny_model(len(tok)).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def _launched(rank: int, world: int, port: int, fn, args) -> None:
+    import torch
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)  # N processes share the machine's cores
+    try:
+        fn(*args)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def launch_processes(fn, nprocs: int, *args, timeout: float = 180.0) -> None:
+    """Run ``fn(*args)`` in ``nprocs`` processes set up as torchrun sets up its workers (RANK, WORLD_SIZE, MASTER_*;
+    accelerate then joins them with gloo on a CPU). The processes are forked from the test process, so they skip
+    the imports (seconds each). A failure in any of them fails the test with its traceback; so does a hang."""
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.start_processes(_launched, args=(nprocs, port, fn, args), nprocs=nprocs, start_method="fork",
+                                 join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise AssertionError(f"{nprocs} processes running {fn.__name__} did not finish within {timeout:.0f} s")

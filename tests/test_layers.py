@@ -3,7 +3,7 @@
 From the top: the command line (``cli``, ``pipeline``, ``commands``); the stages that train, evaluate, collect
 feedback and serve models (``rl``, ``train``, ``eval``, ``feedback``, ``serve``, ``cai``); what they call on (``rewards``,
 ``generation``, the remote-model client ``remote``); the foundations (``losses``, ``data``, ``models``); and the
-shared utilities (``config``, ``errors``, ``runs``, ``progress``, ``memory``). A module may import its own layer and
+shared utilities (``config``, ``errors``, ``runs``, ``progress``, ``memory``, ``distributed``). A module may import its own layer and
 the layers below, never one above; and no two packages import each other, directly or round a circle.
 """
 
@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("rl", "train", "eval", "feedback", "serve", "cai"),
     ("rewards", "generation", "remote"),
     ("losses", "data", "models"),
-    ("config", "errors", "runs", "progress", "memory", "__init__"),
+    ("config", "errors", "runs", "progress", "memory", "distributed", "__init__"),
 ]
 
 

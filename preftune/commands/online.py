@@ -41,7 +41,8 @@ class _Common(BaseConfig):
     gen_batch_size: int = Field(32, ge=1, description="sequences decoded together")
     decode_dtype: str = Field("auto", description=DECODE_DTYPE_HELP)
     seed: int = Field(0)
-    dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16")
+    dtype: str = Field("auto", description="models only read (sampler, reference): auto (fp32 on CPU, bf16 on CUDA), fp32, bf16; "
+                       "a trained policy keeps fp32 master weights (--mixed-precision)")
     device: str = Field("auto")
 
 
@@ -49,6 +50,7 @@ class OnlineConfig(_Common):
     """Options shared by PPO and the critic-free methods."""
 
     ref_model: str | None = Field(None, description="reference model (default: a frozen copy of --model; with --lora the adapters switched off)")
+    mixed_precision: Literal["auto", "no", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA over fp32 master weights, fp32 on CPU")
     steps: int = Field(100, ge=1, description="RL steps (rollout + update)")
     num_samples: int = Field(1, ge=1, description="responses per prompt (k)")
     ppo_epochs: int = Field(1, ge=1, description="passes over each rollout")
@@ -185,11 +187,26 @@ def _tokenizer(config: _Common, who: str):
     return config.model_copy(update={"chat_template": choice}), tokenizer
 
 
-def _policy(config, lora: bool):
+def _device(config) -> str:
+    """``--device``; under a multi-process launch on GPUs, each process's own GPU (LOCAL_RANK)."""
+    import os
+
+    import torch
+
+    from preftune.distributed import world_size
+
+    if config.device == "auto" and world_size() > 1 and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return config.device
+
+
+def _policy(config, lora: bool, *, trained: bool = True):
+    """The policy: a trained one in fp32 master weights (the precision policy of every trainer,
+    :mod:`preftune.train.precision`: bf16 autocast on a GPU instead of bf16 weights), one only sampled in --dtype."""
     from preftune.models.loading import load_model
     from preftune.models.lora import apply_lora
 
-    model = load_model(config.model, dtype=config.dtype, device=config.device)
+    model = load_model(config.model, dtype="fp32" if trained else config.dtype, device=_device(config))
     model.config.use_cache = False
     if lora:
         model = apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=getattr(config, "lora_dropout", 0.0))
@@ -220,7 +237,7 @@ def _run_online(config: OnlineConfig, algorithm, reward_fn=None) -> int:
     policy = _policy(config, config.lora)
     ref_model = None
     if config.ref_model:
-        ref_model = load_model(config.ref_model, dtype=config.dtype, device=config.device).requires_grad_(False)
+        ref_model = load_model(config.ref_model, dtype=config.dtype, device=_device(config)).requires_grad_(False)
     elif not config.lora:
         ref_model = frozen_copy(policy)
     value_head = critic = None
@@ -247,11 +264,15 @@ def _run_online(config: OnlineConfig, algorithm, reward_fn=None) -> int:
         kl_target=config.kl_target, kl_horizon=config.kl_horizon, ptx_coef=config.ptx_coef,
         ptx_batch_size=config.ptx_batch_size, save_every=config.save_every, sample_every=config.sample_every,
         seed=config.seed, resume=config.resume or None, gen_batch_size=config.gen_batch_size,
-        decode_dtype=config.decode_dtype, forward_batch_size=config.forward_batch_size, single_pass=None if config.single_pass else False)
+        decode_dtype=config.decode_dtype, forward_batch_size=config.forward_batch_size, single_pass=None if config.single_pass else False,
+        mixed_precision=config.mixed_precision)
     trainer = OnlineTrainer(policy=policy, tokenizer=tokenizer, algorithm=algorithm, reward_fn=reward_fn, prompts=prompts,
                             prompt_ids=prompt_ids, settings=settings, run=run, ref_model=ref_model, value_head=value_head,
                             critic=critic, ptx_data=ptx)
     last = trainer.train()
+    if not trainer.accelerator.is_main_process:  # one process saves
+        run.close()
+        return 0
     path = save_final(policy, tokenizer, run.final_dir)
     run.write_model_card(method=algorithm.name + (" (LoRA)" if config.lora else ""), paper=_PAPERS.get(algorithm.name, ""),
                          base_model=config.model, data={"prompts": f"{config.prompts} ({len(prompts)} prompts)",

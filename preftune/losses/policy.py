@@ -18,6 +18,7 @@ Sources:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -41,22 +42,40 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return (x * m).sum(dim) / m.sum(dim).clamp(min=1)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of the masked entries of ``x`` (Bessel-corrected when ``unbiased``)."""
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor over processes (a batch split across them)
+
+
+def _sum(x: torch.Tensor, all_reduce: Reduce | None) -> torch.Tensor:
+    return x if all_reduce is None else all_reduce(x)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, all_reduce: Reduce | None = None) -> torch.Tensor:
+    """Variance of the masked entries of ``x`` (Bessel-corrected when ``unbiased``); with ``all_reduce``, of every
+    process's entries."""
     m = mask.to(x.dtype)
-    n = m.sum()
-    mean = (x * m).sum() / n.clamp(min=1)
-    var = (((x - mean) ** 2) * m).sum() / n.clamp(min=1)
+    sums = _sum(torch.stack([(x * m).sum(), m.sum()]), all_reduce)
+    n = sums[1]
+    mean = sums[0] / n.clamp(min=1)
+    var = _sum((((x - mean) ** 2) * m).sum(), all_reduce) / n.clamp(min=1)
     if unbiased and n > 1:
         var = var * n / (n - 1)
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """(x - mean) / sqrt(var + eps) over the masked entries (var unbiased); with ``shift_mean=False`` the
-    mean is added back (scale only, as for rewards). Padding positions come back as 0."""
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask)
+    mean is added back (scale only, as for rewards). Padding positions come back as 0.
+
+    ``all_reduce`` (sums a tensor over processes) takes mean and variance over every process's entries: the
+    whitening of the whole batch when it is split across processes."""
+    if all_reduce is None:
+        mean = masked_mean(x, mask)
+    else:
+        m = mask.to(x.dtype)
+        sums = all_reduce(torch.stack([(x * m).sum(), m.sum()]))
+        mean = sums[0] / sums[1].clamp(min=1)
+    var = masked_var(x, mask, all_reduce=all_reduce)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
@@ -168,10 +187,11 @@ def grpo_advantages(scores: torch.Tensor, k: int, scale: bool = True, eps: float
     return adv.reshape(-1)
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                       all_reduce: Reduce | None = None) -> torch.Tensor:
     """1 - Var(returns - values) / Var(returns) over masked tokens (1: perfect critic, <= 0: useless)."""
-    var_r = masked_var(returns, mask)
-    return 1 - masked_var(returns - values, mask) / var_r.clamp(min=1e-8)
+    var_r = masked_var(returns, mask, all_reduce=all_reduce)
+    return 1 - masked_var(returns - values, mask, all_reduce=all_reduce) / var_r.clamp(min=1e-8)
 
 
 # -- losses -----------------------------------------------------------------------------------------------

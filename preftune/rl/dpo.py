@@ -77,6 +77,11 @@ class OnlineDPO:
         return {"label_confidence": float(confidence.mean()), "label_ties": float((p == 0.5).float().mean()),
                 "label_a_wins": float((p > 0.5).float().mean())}
 
+    def loss_units(self, rollout: Rollout, idx: torch.Tensor) -> float:
+        """The loss of minibatch ``idx`` is a mean over its pairs (hard labels: over its pairs that are not ties)."""
+        p = rollout.pair_targets[idx.view(-1, 2)[:, 0] // 2]
+        return float(len(p)) if self.spec.name in SOFT_LABEL_LOSSES else float((p != 0.5).sum())
+
     def loss(self, fwd: PolicyForward, rollout: Rollout, idx: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
         rows = idx.view(-1, 2)
         if not bool(((rows[:, 0] % 2 == 0) & (rows[:, 1] == rows[:, 0] + 1)).all()):

@@ -52,6 +52,7 @@ class PolicyGradient:
     """The REINFORCE / RLOO / GRPO algorithm object the online loop drives."""
 
     needs_values = False
+    all_reduce = None  # set by the online loop under several processes: sums a tensor over them (global statistics)
 
     def __init__(self, settings: PGSettings):
         if settings.method not in METHODS:
@@ -71,16 +72,37 @@ class PolicyGradient:
         mask = rollout.mask
         scores = P.missing_eos_penalty(rollout.scores, rollout.finished, s.no_eos_penalty) if s.no_eos_penalty else rollout.scores
         kl = P.kl_estimate(rollout.logprobs, rollout.ref_logprobs, s.kl_estimator) * mask
-        adv = sequence_advantages(s.method, scores, kl, mask, k=s.num_samples, kl_coef=kl_coef,
-                                  baseline=self.baseline, scale_rewards=s.scale_rewards)
+        reduce = self.all_reduce
+        batch_mean = None
         if s.method == "reinforce":
-            batch_mean = float(P.kl_penalized_scores(scores, kl, mask, kl_coef).mean())
+            penalized = P.kl_penalized_scores(scores, kl, mask, kl_coef)
+            batch_mean = float(penalized.mean() if reduce is None else self._global_mean(penalized))
+        baseline = self.baseline if self.baseline is not None or reduce is None else batch_mean
+        adv = sequence_advantages(s.method, scores, kl, mask, k=s.num_samples, kl_coef=kl_coef,
+                                  baseline=baseline, scale_rewards=s.scale_rewards)
+        if s.method == "reinforce":
             self.baseline = batch_mean if self.baseline is None else (
                 s.baseline_decay * self.baseline + (1 - s.baseline_decay) * batch_mean)
         if s.whiten and s.method != "grpo":
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            if reduce is None:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            else:  # the whole batch's mean and (unbiased) std, over every process's share
+                mean = self._global_mean(adv)
+                n = reduce(torch.tensor(float(adv.numel()), dtype=adv.dtype))
+                std = (reduce(((adv - mean) ** 2).sum()) / (n - 1).clamp(min=1)).sqrt()
+                adv = (adv - mean) / (std + 1e-8)
         rollout.advantages = adv
+        if reduce is not None:  # the whole batch's
+            return {"advantage_std": float(P.masked_var(adv, torch.ones_like(adv), all_reduce=reduce).sqrt())}
         return {"advantage_std": float(adv.std()) if adv.numel() > 1 else 0.0}
+
+    def _global_mean(self, x: torch.Tensor) -> torch.Tensor:
+        sums = self.all_reduce(torch.stack([x.sum(), torch.tensor(float(x.numel()), dtype=x.dtype)]))
+        return sums[0] / sums[1]
+
+    def loss_units(self, rollout: Rollout, idx: torch.Tensor) -> float:
+        """GRPO's loss is a mean over responses (each a mean over its tokens); the others' over response tokens."""
+        return float(len(idx)) if self.s.method == "grpo" else float(rollout.mask[idx].sum())
 
     def loss(self, fwd: PolicyForward, rollout: Rollout, idx: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
         s = self.s

@@ -40,6 +40,7 @@ class PPO:
 
     name = "ppo"
     needs_values = True
+    all_reduce = None  # set by the online loop under several processes: sums a tensor over them (global whitening)
 
     def __init__(self, settings: PPOSettings):
         self.s = settings
@@ -53,14 +54,18 @@ class PPO:
         rewards = P.kl_shaped_rewards(scores, kl, mask, kl_coef)
         adv, ret = P.gae(rewards, rollout.values, mask, s.gamma, s.lam)
         if s.whiten:
-            adv = P.masked_whiten(adv, mask)
+            adv = P.masked_whiten(adv, mask, all_reduce=self.all_reduce)
         rollout.advantages, rollout.returns = adv, ret
         return {
             "non_score_reward": float(P.masked_sum(-kl_coef * kl, mask, dim=-1).mean()),
-            "explained_variance": float(P.explained_variance(rollout.values, ret, mask)),
+            "explained_variance": float(P.explained_variance(rollout.values, ret, mask, all_reduce=self.all_reduce)),
             "value_mean": float(P.masked_mean(rollout.values, mask)),
             "return_mean": float(P.masked_mean(ret, mask)),
         }
+
+    def loss_units(self, rollout: Rollout, idx: torch.Tensor) -> float:
+        """The loss of minibatch ``idx`` is a mean over its response tokens (policy and value terms alike)."""
+        return float(rollout.mask[idx].sum())
 
     def loss(self, fwd: PolicyForward, rollout: Rollout, idx: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss of minibatch ``idx`` (rows of the rollout) from a fresh forward pass ``fwd`` over them."""

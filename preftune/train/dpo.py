@@ -198,10 +198,14 @@ class Reference:
             torch.save(self.cache, self.cache_path)
 
     def load(self) -> bool:
-        if self.cache_path is not None and self.cache_path.exists():
-            self.cache.update(torch.load(self.cache_path, weights_only=False))
-            return True
-        return False
+        """Read the cache of every process of the run (``ref_logps-*.pt`` beside ``cache_path``): a run resumed
+        with another process count visits other processes' examples."""
+        if self.cache_path is None:
+            return False
+        found = sorted(self.cache_path.parent.glob("ref_logps-*.pt"))
+        for path in found:
+            self.cache.update(torch.load(path, weights_only=False))
+        return bool(found)
 
 
 # -- the steps ----------------------------------------------------------------------------------------------

@@ -37,9 +37,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from preftune.distributed import world_size
 from preftune.errors import PreftuneError
 from preftune.progress import progress
 from preftune.runs import RunDir
+from preftune.train.precision import precision_policy, to_master_weights
 
 # -- the seam a method plugs into ----------------------------------------------------------------------
 
@@ -85,7 +87,7 @@ class LoopSettings:
     keep_checkpoints: int | None = None  # keep the newest N checkpoints (None: all)
     seed: int = 42
     shuffle: bool = True
-    mixed_precision: str = "auto"  # auto (bf16 on CUDA, none on CPU) | no | bf16 | fp16
+    mixed_precision: str = "auto"  # preftune.train.precision: auto (bf16 autocast on CUDA, fp32 on CPU) | no | bf16 | fp16
     resume: bool | str | None = None
     log_every: int = 1
 
@@ -202,11 +204,13 @@ def _weighted_mean(rows: list[tuple[float, dict[str, float]]]) -> dict[str, floa
     return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
 
 
-def accumulate(module: torch.nn.Module, step: Step, batches: list, accelerator) -> tuple[float, dict[str, float], int]:
+def accumulate(module: torch.nn.Module, step: Step, batches: list,
+               accelerator) -> tuple[float, dict[str, float], int, float]:
     """Forward and backward over one optimizer step's micro-batches with the exact global normalisation.
 
-    Returns (the window's mean loss on this process ⋅ its share, merged metrics, tokens). Gradients are left in the
-    parameters' ``.grad``; DDP gradient sync happens only on the last micro-batch.
+    Returns (this process's share of the window's mean loss: its loss sum over the global weight, its metrics merged
+    by weight, its tokens, its weight). Gradients are left in the parameters' ``.grad``; DDP gradient sync happens
+    only on the last micro-batch.
     """
     weights = [float(step.weight(b)) for b in batches]
     local = torch.tensor(sum(weights), dtype=torch.float64, device=accelerator.device)
@@ -224,7 +228,7 @@ def accumulate(module: torch.nn.Module, step: Step, batches: list, accelerator) 
         loss_sum += out.loss.detach().float().item()
         rows.append((weights[j], out.metrics))
         tokens += out.tokens
-    return loss_sum / total, _weighted_mean(rows), tokens
+    return loss_sum / total, _weighted_mean(rows), tokens, sum(weights)
 
 
 # -- checkpoints ----------------------------------------------------------------------------------------
@@ -269,11 +273,14 @@ def save_checkpoint(run: RunDir, step: int, model, optimizer, scheduler, acceler
     return path
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> int:
+def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator, *, any_process_count: bool = False) -> int:
+    """Load a checkpoint of :func:`save_checkpoint`; returns its step. ``any_process_count``: the caller's data
+    schedule does not depend on the process count, so a checkpoint of N processes may resume with M (each process
+    takes its own RNG state where the checkpoint has one, else the main process's)."""
     from safetensors.torch import load_file
 
     state = json.loads((path / "state.json").read_text())
-    if state.get("num_processes", 1) != accelerator.num_processes:
+    if state.get("num_processes", 1) != accelerator.num_processes and not any_process_count:
         raise PreftuneError(f"--resume: {path} was written by {state['num_processes']} processes, this run has "
                             f"{accelerator.num_processes}; resume with the same number of processes")
     weights = load_file(str(path / "trainable.safetensors"))
@@ -287,7 +294,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> int
             params[name].copy_(value)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    _set_rng_state(torch.load(path / f"rng-{accelerator.process_index}.pt", weights_only=False))
+    rng = path / f"rng-{accelerator.process_index}.pt"
+    _set_rng_state(torch.load(rng if rng.exists() else path / "rng-0.pt", weights_only=False))
     return int(state["step"])
 
 
@@ -313,7 +321,7 @@ def adamw(params: list[torch.nn.Parameter], **kwargs) -> torch.optim.AdamW:
 
 
 def make_accelerator(mixed_precision: str = "auto"):
-    """An ``Accelerator`` with ``mixed_precision`` ("auto": bf16 where CUDA is available, else none).
+    """An ``Accelerator`` with ``mixed_precision`` ("auto": :func:`preftune.train.precision.precision_policy`'s).
 
     accelerate's state is process-wide and refuses a second, different mixed-precision setting ("AcceleratorState
     has already been initialized"). Several runs in one process (the demo, a notebook: a reward model, then PPO,
@@ -324,11 +332,21 @@ def make_accelerator(mixed_precision: str = "auto"):
     from accelerate.state import AcceleratorState
 
     if mixed_precision == "auto":
-        mixed_precision = "bf16" if torch.cuda.is_available() else "no"
-    previous = AcceleratorState._shared_state.get("_mixed_precision")
-    if previous is not None and previous != mixed_precision:
+        mixed_precision = precision_policy("auto").autocast
+    world = world_size()
+    shared = AcceleratorState._shared_state
+    previous = shared.get("_mixed_precision")
+    if (previous is not None and previous != mixed_precision) or (shared and shared.get("num_processes", world) != world):
+        # another setting, or a state inherited over fork from a parent with another process count
         AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision=mixed_precision)
+    # without an accelerator device, accelerate sets up gloo on CPUs only when asked (`accelerate launch --cpu`);
+    # under plain torchrun it would otherwise run N independent single-process trainings
+    cpu = world > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    if accelerator.num_processes != world:
+        raise PreftuneError(f"launched as {world} processes (WORLD_SIZE), but accelerate set up "
+                            f"{accelerator.num_processes}; check the launcher's environment")
+    return accelerator
 
 
 @dataclass
@@ -351,10 +369,16 @@ def train(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], A
     """
     from preftune.runs import resolve_resume
 
-    accelerator = accelerator or make_accelerator(settings.mixed_precision)
-    torch.manual_seed(settings.seed)
-    random.seed(settings.seed)
-    np.random.seed(settings.seed)
+    precision = precision_policy(settings.mixed_precision)  # for accelerate's device (it places the model there)
+    to_master_weights(model, precision)  # AdamW steps fp32 weights, whatever dtype the model was loaded in
+    accelerator = accelerator or make_accelerator(precision.autocast)
+    if accelerator.is_main_process:
+        run.record("precision", precision.record())
+    # seeds per process (dropout draws differ between processes; process 0 draws as a one-process run does); the
+    # data order has its own generator, a function of (seed, epoch) only
+    torch.manual_seed(settings.seed + accelerator.process_index)
+    random.seed(settings.seed + accelerator.process_index)
+    np.random.seed(settings.seed + accelerator.process_index)
     plan = DataPlan(len(dataset), settings.batch_size, settings.grad_accum, accelerator.num_processes,
                     settings.seed, settings.shuffle, lengths)
     n_steps = total_steps(settings, plan)
@@ -377,7 +401,17 @@ def train(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], A
     if setup is not None:  # before the checkpoint's weights are loaded: the model still has its initial weights
         setup(accelerator, plan, range(start, n_steps))
     if checkpoint is not None:
-        load_checkpoint(checkpoint, module, optimizer, scheduler, accelerator)
+        saved = json.loads((checkpoint / "state.json").read_text())
+        # the data order is a function of (seed, global batch, steps per epoch): another process count with the
+        # same global batch replays the same examples at the same steps
+        same_plan = (saved.get("global_batch"), saved.get("steps_per_epoch")) == (plan.global_batch, plan.steps_per_epoch)
+        if saved.get("num_processes", 1) != accelerator.num_processes and not same_plan:
+            raise PreftuneError(
+                f"--resume: {checkpoint} was written by {saved.get('num_processes', 1)} processes with a global batch "
+                f"of {saved.get('global_batch', '?')} ({saved.get('steps_per_epoch', '?')} steps an epoch); this run "
+                f"has {accelerator.num_processes} with {plan.global_batch} ({plan.steps_per_epoch} steps an epoch): resume with "
+                "batch_size × grad_accum × processes equal to the checkpoint's")
+        load_checkpoint(checkpoint, module, optimizer, scheduler, accelerator, any_process_count=same_plan)
     if accelerator.is_main_process:
         run.truncate_metrics(start)
 
@@ -388,7 +422,7 @@ def train(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], A
     for s in range(start, n_steps):
         t0 = time.perf_counter()
         batches = [collate([dataset[i] for i in idx]) for idx in plan.micro_batches(s, rank)]
-        loss, metrics, tokens = accumulate(module, step, batches, accelerator)
+        loss, metrics, tokens, weight = accumulate(module, step, batches, accelerator)
         if settings.max_grad_norm:
             grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm)
         else:
@@ -401,9 +435,9 @@ def train(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], A
         if accelerator.num_processes > 1:
             from accelerate.utils import gather_object
 
-            gathered = gather_object([(loss, metrics, tokens)])
+            gathered = gather_object([(loss, metrics, tokens, weight)])
             loss = sum(g[0] for g in gathered)  # each process's share of the global mean
-            metrics = _weighted_mean([(1.0, g[1]) for g in gathered])
+            metrics = _weighted_mean([(g[3], g[1]) for g in gathered])  # as one process would merge the micro-batches
             tokens = sum(g[2] for g in gathered)
         last = {"loss": loss, **metrics, "grad_norm": float(grad_norm), "learning_rate": lr,
                 "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0, "epoch": (s + 1) / plan.steps_per_epoch}
@@ -413,7 +447,8 @@ def train(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], A
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
         if settings.save_every and (s + 1) % settings.save_every == 0 and s + 1 < n_steps:
-            save_checkpoint(run, s + 1, module, optimizer, scheduler, accelerator)
+            save_checkpoint(run, s + 1, module, optimizer, scheduler, accelerator,
+                            {"global_batch": plan.global_batch, "steps_per_epoch": plan.steps_per_epoch})
             if accelerator.is_main_process:
                 _prune(run, settings.keep_checkpoints)
     if bar is not None:

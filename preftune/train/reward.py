@@ -341,6 +341,12 @@ def train_reward(config) -> dict:
     result = train(net, items, collate_fn, RewardStep(config.use_margin, config.center_coef), settings, run,
                    lengths=[i.num_tokens for i in items], desc=f"reward ({objective})")
     train_seconds = time.perf_counter() - t0
+    summary = {"objective": objective, "steps": result.steps, "train_examples": len(items),
+               "train_seconds": round(train_seconds, 2), "final": str(run.final_dir),
+               "last_metrics": result.last_metrics}
+    if not result.accelerator.is_main_process:  # one process normalises, evaluates and saves
+        run.close()
+        return summary
     net = result.model
     net.eval()
 
@@ -359,9 +365,6 @@ def train_reward(config) -> dict:
                            batch_size=config.batch_size, meta=meta)
     scorer.save(run.final_dir)
 
-    summary = {"objective": objective, "steps": result.steps, "train_examples": len(items),
-               "train_seconds": round(train_seconds, 2), "final": str(run.final_dir),
-               "last_metrics": result.last_metrics}
     if held_out:
         if objective == "bradley_terry":
             report, _ = evaluate_pairs(scorer, held_out)
