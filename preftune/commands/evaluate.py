@@ -171,7 +171,9 @@ class EvalConfig(SamplingOptions):
     toxicity_top_p: float = Field(0.9, gt=0, le=1, description="nucleus threshold of the toxicity continuations (0.9 in the paper)")
     toxicity_scorer: str = Field("profanity", description="toxicity scorer: profanity (offline, offensive language), hf:NAME[@LABEL], perspective:URL, fn:MODULE:FUNCTION")
     toxicity_chat_template: bool | None = Field(False, description="wrap toxicity prompts in the chat template (default: continue the raw text, as the paper; null: the model's prompt format)")
-    refusal_classifier: Literal["patterns", "model"] = Field("patterns", description="how refusals are detected")
+    refusal_classifier: Literal["patterns", "model", "learned"] = Field(
+        "patterns", description="how refusals are detected: patterns (readable regular expressions), model (an LM asked Yes/No), "
+                                "learned (logistic regression fitted on the dev half of the shipped validation set; see BENCHMARKS.md)")
     refusal_model: str | None = Field(None, description="model for refusal_classifier=model (default: the default model)")
     runs: list[str] = Field(default_factory=list, description="run folders whose metrics.jsonl become training curves")
     frontier: str | None = Field(None, description="a frontier.json written by 'preftune frontier'")
@@ -209,6 +211,10 @@ def _refusal_classifier(config, models: _Models):
 
     if config.refusal_classifier == "patterns":
         return PatternRefusalClassifier()
+    if config.refusal_classifier == "learned":
+        from preftune.eval.refusal_validation import LearnedRefusalClassifier
+
+        return LearnedRefusalClassifier.from_validation_set()
     model, tok = models.get(config.refusal_model)
     return ModelRefusalClassifier(model, tok, batch_size=config.scoring_batch_size)
 
