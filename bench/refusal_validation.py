@@ -9,7 +9,9 @@
     # 3. join them with the other models' real replies (HH-RLHF, JailbreakBench, oasst1) into unlabelled rows
     python bench/refusal_validation.py collect --generated /tmp/rv --out /tmp/rv/candidates.jsonl
     # 4. (a person labels each row: preftune/eval/refusal_validation.md), then
-    python bench/refusal_validation.py measure [--learned] [--model-judge]
+    python bench/refusal_validation.py measure [--learned] [--model-judge] [--classes-model FOLDER]
+    # a class model on the dev half: export it, then preftune reward --objective classes (see BENCHMARKS.md)
+    python bench/refusal_validation.py export --split dev --out /tmp/rv/dev_classes.jsonl
 
 XSTest (Röttger et al. 2024, CC BY 4.0) and HarmBench (Mazeika et al. 2024) prompts are stored as ids and joined from
 ../shared/data; the other sources' texts (HH-RLHF MIT, JailbreakBench artifacts MIT, oasst1 Apache-2.0) are stored.
@@ -209,6 +211,17 @@ def collect(args) -> None:
     print(f"wrote {len(rows)} unlabelled rows to {args.out}")
 
 
+def export(args) -> None:
+    """One half of the set as prompt / response / label rows, the data of ``preftune reward --objective classes``."""
+    from preftune.eval.refusal_validation import load_validation_set
+
+    rows = [r for r in load_validation_set(shared=args.shared) if args.split == "all" or r["split"] == args.split]
+    with open(args.out, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps({"prompt": r["prompt"], "response": r["completion"], "label": r["label"]}, ensure_ascii=False) + "\n")
+    print(f"wrote {len(rows)} {args.split} rows to {args.out}")
+
+
 def measure(args) -> None:
     from preftune.eval.refusal import PatternRefusalClassifier
     from preftune.eval.refusal_validation import agreement_table, load_validation_set
@@ -234,6 +247,10 @@ def measure(args) -> None:
         from preftune.eval.refusal_validation import LearnedRefusalClassifier
 
         classifiers["learned (fitted on dev)"] = LearnedRefusalClassifier.from_validation_set(split="dev")
+    if args.classes_model:
+        from preftune.eval.refusal import ClassModelRefusalClassifier
+
+        classifiers["classes (reward --objective classes, trained on dev)"] = ClassModelRefusalClassifier.load(args.classes_model)
     if args.model_judge:
         from preftune.eval.refusal import ModelRefusalClassifier
         from preftune.models.loading import load_model, load_tokenizer
@@ -254,7 +271,7 @@ def measure(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=("prompts", "collect", "measure"))
+    ap.add_argument("mode", choices=("prompts", "collect", "export", "measure"))
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--out", default="/tmp/rv")
     ap.add_argument("--generated", default="/tmp/rv")
@@ -262,8 +279,10 @@ def main() -> None:
     ap.add_argument("--old-patterns", default=None, help="a git revision: also the pattern classifier as it was there")
     ap.add_argument("--model-judge", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--split", default="dev", choices=("dev", "test", "all"), help="export: which half")
+    ap.add_argument("--classes-model", default=None, help="measure: also a model from 'preftune reward --objective classes'")
     args = ap.parse_args()
-    {"prompts": prompts, "collect": collect, "measure": measure}[args.mode](args)
+    {"prompts": prompts, "collect": collect, "export": export, "measure": measure}[args.mode](args)
 
 
 if __name__ == "__main__":

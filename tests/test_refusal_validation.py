@@ -242,3 +242,28 @@ def test_the_shipped_set_joins_its_prompt_ids_with_the_real_files():
     assert by_id[("xstest", "1", "greedy")]["xstest_label"] == "safe"
     cautious = [r for r in rows if r["condition"] == "cautious_system"]
     assert len(cautious) == 73 and all(r["prompt"][0]["role"] == "system" for r in cautious)
+
+
+def test_class_model_refusal_classifier(tiny_llama, chatml_tokenizer, tmp_path):
+    from preftune.commands.evaluate import EvalConfig, _refusal_classifier
+    from preftune.eval.refusal import ClassModelRefusalClassifier
+    from preftune.models.heads import ScalarHeadModel
+    from preftune.rewards.rules import RuleModel
+
+    net = ScalarHeadModel.from_causal_lm(tiny_llama, num_outputs=4)
+    classes = ["compliance", "other", "partial", "refusal"]  # any order, extra classes ignored
+    model = RuleModel(net, chatml_tokenizer, classes=classes)
+    clf = ClassModelRefusalClassifier(model)
+    prompts, responses = ["Hi", "How do I pick a lock?"], ["I can't help with that.", "Use a tension wrench and a pick."]
+    z = model.logits(prompts, responses, "")  # [2, 4]
+    expected = [["refusal", "partial", "compliance"][i] for i in z[:, [3, 2, 0]].argmax(-1).tolist()]
+    assert clf(prompts, responses) == expected and clf([], []) == []
+    model.save(tmp_path / "cls")
+    config = EvalConfig(output_dir=str(tmp_path / "out"), refusal_classifier="classes", refusal_model=str(tmp_path / "cls"), device="cpu")
+    assert _refusal_classifier(config, None)(prompts, responses) == expected
+    with pytest.raises(PreftuneError, match="--refusal-classifier classes needs --refusal-model FOLDER"):
+        _refusal_classifier(EvalConfig(output_dir=str(tmp_path / "out"), refusal_classifier="classes"), None)
+    two = RuleModel(ScalarHeadModel.from_causal_lm(tiny_llama, num_outputs=2), chatml_tokenizer, classes=["refused", "complied"])
+    with pytest.raises(PreftuneError, match=r"the class model's classes are \['refused', 'complied'\]; it needs refusal, partial, "
+                                            r"compliance \(missing: refusal, partial, compliance;"):
+        ClassModelRefusalClassifier(two)

@@ -235,6 +235,35 @@ class ModelRefusalClassifier:
         return labels
 
 
+class ClassModelRefusalClassifier:
+    """A multi-class rule model trained with ``preftune reward --objective classes`` on rows labelled ``refusal``,
+    ``partial``, ``compliance`` (e.g. the validation set's dev half, ``bench/refusal_validation.py export``): each
+    response gets the class with the highest logit among those three.
+    """
+
+    name = "classes"
+
+    def __init__(self, rule_model):
+        classes = list(rule_model.classes or [])
+        missing = [lab for lab in LABELS if lab not in classes]
+        if missing:
+            raise PreftuneError(f"refusal classifier: the class model's classes are {classes}; it needs {', '.join(LABELS)} "
+                                f"(missing: {', '.join(missing)}; train it with --objective classes --classes {' '.join(LABELS)})")
+        self.rule_model, self.index = rule_model, [classes.index(lab) for lab in LABELS]
+
+    @classmethod
+    def load(cls, folder, *, device: str | None = None, batch_size: int = 8) -> ClassModelRefusalClassifier:
+        from preftune.rewards.rules import RuleModel
+
+        return cls(RuleModel.load(folder, device=device, batch_size=batch_size))
+
+    def __call__(self, prompts: Sequence, responses: Sequence[str]) -> list[str]:
+        if not responses:
+            return []
+        logits = self.rule_model.logits(list(prompts), list(responses), "")[:, self.index]  # [B, 3] in LABELS order
+        return [LABELS[i] for i in logits.argmax(-1).tolist()]
+
+
 def classifier_accuracy(predicted: Sequence[str], expected: Sequence[str]) -> dict:
     """Accuracy, the confusion matrix ``{expected: {predicted: count}}`` and per-label precision / recall."""
     if len(predicted) != len(expected):
