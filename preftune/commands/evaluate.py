@@ -171,8 +171,13 @@ class EvalConfig(SamplingOptions):
     toxicity_top_p: float = Field(0.9, gt=0, le=1, description="nucleus threshold of the toxicity continuations (0.9 in the paper)")
     toxicity_scorer: str = Field("profanity", description="toxicity scorer: profanity (offline, offensive language), hf:NAME[@LABEL], perspective:URL, fn:MODULE:FUNCTION")
     toxicity_chat_template: bool | None = Field(False, description="wrap toxicity prompts in the chat template (default: continue the raw text, as the paper; null: the model's prompt format)")
-    refusal_classifier: Literal["patterns", "model"] = Field("patterns", description="how refusals are detected")
-    refusal_model: str | None = Field(None, description="model for refusal_classifier=model (default: the default model)")
+    refusal_classifier: Literal["patterns", "model", "learned", "classes"] = Field(
+        "patterns", description="how refusals are detected: patterns (readable regular expressions), model (an LM asked Yes/No), "
+                                "learned (logistic regression fitted on the dev half of the shipped validation set; see BENCHMARKS.md), "
+                                "classes (a model trained with 'preftune reward --objective classes --classes refusal partial compliance'; "
+                                "give its folder as --refusal-model)")
+    refusal_model: str | None = Field(None, description="model for refusal_classifier=model (default: the default model) or the "
+                                                         "class model's folder for refusal_classifier=classes")
     runs: list[str] = Field(default_factory=list, description="run folders whose metrics.jsonl become training curves")
     frontier: str | None = Field(None, description="a frontier.json written by 'preftune frontier'")
     redteam: str | None = Field(None, description="a summary.json written by 'preftune redteam'")
@@ -209,6 +214,17 @@ def _refusal_classifier(config, models: _Models):
 
     if config.refusal_classifier == "patterns":
         return PatternRefusalClassifier()
+    if config.refusal_classifier == "learned":
+        from preftune.eval.refusal_validation import LearnedRefusalClassifier
+
+        return LearnedRefusalClassifier.from_validation_set()
+    if config.refusal_classifier == "classes":
+        from preftune.eval.refusal import ClassModelRefusalClassifier
+
+        if not config.refusal_model:
+            raise PreftuneError("--refusal-classifier classes needs --refusal-model FOLDER (a model trained with "
+                                "'preftune reward --objective classes --classes refusal partial compliance')")
+        return ClassModelRefusalClassifier.load(config.refusal_model, device=config.device, batch_size=config.scoring_batch_size)
     model, tok = models.get(config.refusal_model)
     return ModelRefusalClassifier(model, tok, batch_size=config.scoring_batch_size)
 
