@@ -245,3 +245,17 @@ def test_load_reward_errors(tmp_path):
         load_reward(tmp_path)
     with pytest.raises(PreftuneError, match="reward 'math:nope': module 'math' has no attribute 'nope'"):
         load_reward("math:nope")
+
+
+def test_reward_from_a_file_that_defines_a_dataclass(tmp_path):
+    # a script with a dataclass (examples/personalise_simulated.py) used as `reward:FILE.py:fn`: the dataclass machinery
+    # looks the module up in sys.modules while the file runs, so loading must register it (it failed with an
+    # AttributeError before); a file named like a real module ("json.py") must not shadow it
+    module = tmp_path / "json.py"
+    module.write_text("from dataclasses import dataclass\n\n@dataclass\nclass Settings:\n    scale: float = 2.0\n\n"
+                      "def shorter(prompts, responses):\n    return [-Settings().scale * len(r) for r in responses]\n")
+    reward = load_reward(f"{module}:shorter")
+    assert reward(["p", "q"], ["ab", "abcd"]).tolist() == [-4.0, -8.0]
+    import json
+
+    assert json.dumps({"a": 1}) == '{"a": 1}'

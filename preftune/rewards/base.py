@@ -17,6 +17,7 @@ import importlib.util
 import inspect
 import json
 import numbers
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -132,9 +133,17 @@ def _import_attr(spec: str) -> Any:
         path = Path(target)
         if not path.exists():
             raise PreftuneError(f"reward '{spec}': file {path} does not exist")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        # a private module name, registered while the file runs: a dataclass (or pickle) defined in the file looks its
+        # module up in sys.modules, and the name must not shadow a real module such as the file's stem
+        name = f"preftune_reward_file_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
     else:
         try:
             module = importlib.import_module(target)
