@@ -58,13 +58,13 @@ class Settings:
     num_samples: int = 4
     candidate_tokens: int = 64
     temperature: float = 1.0
-    max_steps: int = 30
+    max_steps: int = 45
     batch_size: int = 8
     learning_rate: float = 5e-4
     beta: float = 0.1
     eval_prompts: str = "starter:test"
     eval_limit: int | None = None
-    eval_tokens: int = 64
+    eval_tokens: int = 128
     bootstrap_samples: int = 2000
     seed: int = 0
 
