@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from preftune.eval.refusal import classify_refusal  # noqa: E402
-from preftune.eval.stats import rate_with_ci  # noqa: E402
+from preftune.eval.safety import refusal_rates  # noqa: E402
 
 
 def rescore(report: Path) -> dict:
@@ -28,10 +28,7 @@ def rescore(report: Path) -> dict:
         if not responses:
             continue
         labels = [classify_refusal(r["response"]).label for r in responses]
-        out[key] = {"n": len(labels),
-                    "refusal": rate_with_ci([float(x == "refusal") for x in labels]).as_dict(),
-                    "partial": rate_with_ci([float(x == "partial") for x in labels]).as_dict(),
-                    "any_refusal": rate_with_ci([float(x != "compliance") for x in labels]).as_dict(),
+        out[key] = {**refusal_rates(labels),
                     "changed_from_report": sum(a != r.get("label") for a, r in zip(labels, responses))}
     return out
 

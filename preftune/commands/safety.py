@@ -70,7 +70,7 @@ def build(config: SafetyPairsConfig) -> dict:
         bad_rows += [(s, reason) for s, reason in result.skipped]
     # a partial refusal still helps with the request, so only a full refusal disqualifies an answer
     from preftune.eval.data import load_prompt_set
-    from preftune.eval.judges import prompt_text
+    from preftune.data.formats import prompt_text
 
     exclude = [prompt_text(item.prompt) for path in config.exclude for item in load_prompt_set(path)]
     pairs = safety_pairs(harmful, benign, refusals, lambda text: classify_refusal(text).label == "refusal",

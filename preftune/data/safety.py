@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from preftune.data.formats import PreferencePair, SFTExample, Source
+from preftune.data.formats import PreferencePair, SFTExample, Source, prompt_text
 from preftune.errors import DataError
 
 DEFAULT_REFUSALS = Path(__file__).with_name("starter") / "refusals.yaml"
@@ -96,8 +96,7 @@ def safety_pairs(harmful: Sequence[HarmfulPrompt], benign: Sequence[SFTExample],
     excluded = [word_set(e) for e in exclude]
 
     def held_back(prompt, source: Source) -> bool:
-        text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-        if excluded and near_duplicate(text, excluded, exclude_similarity):
+        if excluded and near_duplicate(prompt_text(prompt), excluded, exclude_similarity):
             out.skipped.append((source, f"near duplicate (word Jaccard >= {exclude_similarity:g}) of an excluded prompt"))
             return True
         return False

@@ -112,7 +112,8 @@ def read_xstest(path: str | Path, *, limit: int | None = None, per_type: int | N
     return out
 
 
-def _rates(labels: Sequence[str], seed: int = 0) -> dict:
+def refusal_rates(labels: Sequence[str], seed: int = 0) -> dict:
+    """n, and the refusal / partial / compliance / any-refusal rates of classifier labels, with 95 % intervals."""
     n = len(labels)
     out: dict = {"n": n}
     for lab in ("refusal", "partial", "compliance"):
@@ -125,10 +126,10 @@ def refusal_report(items: Sequence[SafetyPrompt], labels: Sequence[str]) -> dict
     """Refusal / partial / compliance rates with intervals, overall and per category (harmful suite)."""
     if len(items) != len(labels):
         raise ValueError(f"{len(items)} prompts but {len(labels)} labels")
-    report = {"overall": _rates(labels), "per_category": {}}
+    report = {"overall": refusal_rates(labels), "per_category": {}}
     cats = sorted({i.category for i in items if i.category})
     for c in cats:
-        report["per_category"][c] = _rates([lab for i, lab in zip(items, labels) if i.category == c])
+        report["per_category"][c] = refusal_rates([lab for i, lab in zip(items, labels) if i.category == c])
     return report
 
 
@@ -141,7 +142,7 @@ def over_refusal_report(items: Sequence[SafetyPrompt], labels: Sequence[str]) ->
     for kind in dict.fromkeys(i.category for i in items):
         labs = [lab for i, lab in zip(items, labels) if i.category == kind]
         label = next(i.label for i in items if i.category == kind)
-        per_type[kind] = {"label": label, **_rates(labs)}
+        per_type[kind] = {"label": label, **refusal_rates(labs)}
     safe = [lab for i, lab in zip(items, labels) if i.label == "safe"]
     unsafe = [lab for i, lab in zip(items, labels) if i.label == "unsafe"]
-    return {"per_type": per_type, "safe": _rates(safe) if safe else {"n": 0}, "unsafe": _rates(unsafe) if unsafe else {"n": 0}}
+    return {"per_type": per_type, "safe": refusal_rates(safe) if safe else {"n": 0}, "unsafe": refusal_rates(unsafe) if unsafe else {"n": 0}}
