@@ -90,6 +90,8 @@ class ResolvedStage:
             elif value is not None:
                 text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
                 args += [flag, shlex.quote(text)]
+            elif self.command.config_cls.model_fields[key].default is not None:
+                args += [flag, "null"]  # an option turned off, where leaving the flag out would give its default
         return " ".join(args)
 
 

@@ -78,7 +78,7 @@ def test_demo_runs_every_stage_and_presents_each_prompt_identically(tmp_path, ti
 
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--model", str(tiny_model_dir), "--output-dir", str(out), "--steps", "1",
-                 "--ppo-steps", "1", "--eval-prompts", "2", "--max-new-tokens", "4"]) == 0
+                 "--ppo-steps", "1", "--eval-prompts", "2", "--max-new-tokens", "4", "--heldout"]) == 0
     for stage in ("sft", "reward", "dpo", "ppo"):
         assert (out / stage / "final").is_dir(), stage
         assert json.loads((out / stage / "final" / "preftune_prompt.json").read_text()) == {"chat_template": True}
@@ -108,5 +108,19 @@ def test_demo_runs_every_stage_and_presents_each_prompt_identically(tmp_path, ti
     # run again: every stage finished, nothing is redone
     state_before = json.loads((out / "pipeline.json").read_text())
     assert main(["demo", "--quick", "--model", str(tiny_model_dir), "--output-dir", str(out), "--steps", "1",
-                 "--ppo-steps", "1", "--eval-prompts", "2", "--max-new-tokens", "4"]) == 0
+                 "--ppo-steps", "1", "--eval-prompts", "2", "--max-new-tokens", "4", "--heldout"]) == 0
     assert json.loads((out / "pipeline.json").read_text()) == state_before
+
+
+def test_quick_demo_skips_the_held_out_passes_and_the_full_demo_keeps_them():
+    """The quick demo's budget (5 minutes on 2 cores) has no room for the 35-45 s held-out pass of each training stage."""
+    from preftune.pipeline import load_recipe, parse_assignments, resolve_stages
+
+    def sources(recipe, **variables):
+        stages = {s.name: s for s in resolve_stages(load_recipe(recipe), variables=variables)}
+        return (stages["sft"].config.eval_source(), stages["reward"].config.eval_data, stages["dpo"].config.eval_source(),
+                stages["sft"].config.batch_size)
+
+    assert sources("demo-quick") == (None, None, None, 4)
+    assert sources("demo") == ("starter:test", "starter:test", "starter:test", 8)
+    assert sources("demo-quick", **parse_assignments(["heldout=starter:test"])) == ("starter:test",) * 3 + (4,)

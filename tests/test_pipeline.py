@@ -59,6 +59,21 @@ def test_references_resolve_with_types_and_output_dirs(tmp_path):
                                 f"--output-dir {tmp_path}/runs/dpo")
 
 
+def test_an_option_turned_off_prints_as_null_and_reads_back_as_none(tmp_path):
+    """A null option whose default is not None (SFT's eval_data defaults to "auto") must be printed, or the command a
+    user copies from the dry run would quietly get the default back."""
+    from preftune.commands.offline import SFTConfig
+    from preftune.config import build_config, parse_value
+
+    recipe = load_recipe(str(_recipe(tmp_path, TWO_STAGES.format(out=tmp_path / "runs").replace(
+        'max_steps: "${steps}"}', 'max_steps: "${steps}", eval_data: null}', 1))))
+    sft, _ = resolve_stages(recipe)
+    assert sft.config.eval_source() is None
+    assert sft.command_line == f"preftune sft --model base-model --max-steps 3 --eval-data null --output-dir {tmp_path}/runs/sft"
+    typed = build_config(SFTConfig, {"model": "base-model", "eval_data": parse_value("null")}, "test")
+    assert typed.eval_source() is None
+
+
 def test_runs_in_order_then_skips_finished_stages(tmp_path, counted, capsys):
     path = _recipe(tmp_path, TWO_STAGES.format(out=tmp_path / "runs"))
     assert main(["pipeline", str(path)]) == 0

@@ -20,6 +20,8 @@ class DemoConfig(BaseConfig):
     ppo_steps: int | None = Field(None, ge=1, description="PPO steps (default: the recipe's)")
     eval_prompts: int | None = Field(None, ge=1, description="held-out prompts (starter:test) in the evaluation (default: the recipe's)")
     max_new_tokens: int | None = Field(None, ge=1, description="response length in sampling and evaluation (default: the recipe's)")
+    heldout: bool | None = Field(None, description="score the held-out pairs (starter:test) after SFT, reward and DPO "
+                                                   "training (default: the recipe's: on in the full demo, off with --quick)")
     redo: list[str] | str = Field(default_factory=list, description="run this stage and every later one again")
 
 
@@ -29,6 +31,8 @@ def run(config: DemoConfig) -> int:
 
     overrides = {k: getattr(config, k) for k in ("model", "steps", "ppo_steps", "eval_prompts", "max_new_tokens")}
     assignments = [f"{k}={v}" for k, v in overrides.items() if v is not None]
+    if config.heldout is not None:
+        assignments.append(f"heldout={'starter:test' if config.heldout else 'null'}")
     code = run_pipeline(PipelineConfig(recipe="demo-quick" if config.quick else "demo", output_dir=config.output_dir,
                                        set=assignments, redo=config.redo))
     root = config.output_dir or ("runs/demo-quick" if config.quick else "runs/demo")
