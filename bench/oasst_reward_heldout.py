@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def held_out_report(config) -> dict:
     """Trees, prompts and pairs on each side of the run's split, and the length baseline on the held-out pairs."""
-    from preftune.eval.judges import prompt_text
+    from preftune.data.formats import prompt_text
     from preftune.eval.stats import rate_with_ci
     from preftune.train.reward import load_training_examples, resolve_objective, split_held_out
     from preftune.data.convert import detect_file_format

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from preftune.eval.judges import prompt_text
+from preftune.data.formats import prompt_text
 
 _WORD = re.compile(r"[a-z']+")
 

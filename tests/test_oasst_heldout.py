@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from preftune.commands.reward import RewardTrainConfig
-from preftune.eval.judges import prompt_text
+from preftune.data.formats import prompt_text
 from preftune.train.reward import load_training_examples, split_held_out
 from tests.conftest import shared_data
 

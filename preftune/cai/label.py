@@ -29,7 +29,8 @@ import torch
 from preftune.cai.constitution import Constitution, Principle
 from preftune.data.formats import Prompt
 from preftune.errors import PreftuneError
-from preftune.eval.judges import combine_orders, prompt_text
+from preftune.data.formats import prompt_text
+from preftune.eval.judges import combine_orders
 from preftune.generation.chat import ChatModel
 from preftune.generation.engine import SamplingParams
 from preftune.progress import progress

@@ -232,7 +232,8 @@ def _refusal_classifier(config, models: _Models):
 def run_eval(config: EvalConfig) -> int:
     from preftune.eval import report as rp
     from preftune.eval.data import align_responses, load_generations, load_prompt_set
-    from preftune.eval.judges import build_judge, prompt_text
+    from preftune.data.formats import prompt_text
+    from preftune.eval.judges import build_judge
     from preftune.models.loading import load_tokenizer
 
     if config.model and config.generations:

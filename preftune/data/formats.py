@@ -90,7 +90,8 @@ def correction_pairs(prompt: Prompt, chosen: str, rejected: str, corrected: str,
 
 
 def prompt_text(prompt: Prompt) -> str:
-    """A readable one-string view of a prompt (for logs, tables and judges)."""
+    """A prompt as one plain string, the only such view in preftune (logs, tables, judges, matching prompts across
+    files): a conversation becomes ``role: content`` turns separated by a blank line."""
     if isinstance(prompt, str):
         return prompt
-    return "\n\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+    return "\n\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in prompt)

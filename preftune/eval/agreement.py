@@ -33,7 +33,8 @@ import numpy as np
 
 from preftune.data.readers import read_rows
 from preftune.errors import DataError, PreftuneError
-from preftune.eval.judges import _preference_value, prompt_text
+from preftune.data.formats import prompt_text
+from preftune.eval.judges import _preference_value
 from preftune.eval.stats import rate_with_ci
 
 

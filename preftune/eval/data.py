@@ -18,7 +18,7 @@ from pathlib import Path
 from preftune.data.formats import Prompt
 from preftune.data.readers import read_rows
 from preftune.errors import DataError, PreftuneError
-from preftune.eval.judges import prompt_text
+from preftune.data.formats import prompt_text
 
 PROMPT_FIELDS = ("prompt", "instruction", "question", "messages", "turns", "goal", "Behavior", "input", "query", "text")
 REFERENCE_FIELDS = ("reference", "output")

@@ -31,7 +31,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from preftune.data.formats import Prompt
+from preftune.data.formats import Prompt, prompt_text
 from preftune.errors import DataError, PreftuneError
 
 JUDGE_TEMPLATE = (
@@ -59,13 +59,6 @@ class PairwiseJudge(Protocol):
 def _check(prompts, a, b, who: str) -> None:
     if not (len(prompts) == len(a) == len(b)):
         raise PreftuneError(f"{who}: {len(prompts)} prompts, {len(a)} responses A and {len(b)} responses B (they must line up)")
-
-
-def prompt_text(prompt: Prompt) -> str:
-    """A prompt as plain text (a conversation becomes ``role: content`` lines)."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in prompt)
 
 
 def render_judge_prompt(prompt: Prompt, a: str, b: str, template: str = JUDGE_TEMPLATE) -> str:

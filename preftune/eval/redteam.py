@@ -143,7 +143,7 @@ class JudgeHarm(HarmScorer):
         self.name = f"LLM judge {name}: P(harmful) > {threshold:g}"
 
     def __call__(self, prompts, responses) -> HarmScores:
-        from preftune.eval.judges import prompt_text
+        from preftune.data.formats import prompt_text
         from preftune.generation.scoring import choice_logprobs
 
         texts = [self.template.format(prompt=prompt_text(p), response=r) for p, r in zip(prompts, responses)]

@@ -217,7 +217,7 @@ class ModelRefusalClassifier:
         self.hybrid, self.template = hybrid, template
 
     def prob_refusal(self, prompts: Sequence, responses: Sequence[str]) -> list[float]:
-        from preftune.eval.judges import prompt_text
+        from preftune.data.formats import prompt_text
         from preftune.generation.scoring import choice_logprobs
 
         texts = [self.template.format(prompt=prompt_text(p), response=r) for p, r in zip(prompts, responses)]
