@@ -128,25 +128,33 @@ def align_responses(prompts: Sequence[PromptItem], generations: Sequence[PromptI
 
 
 def distinct_prompts(path: str, fmt: str = "auto", *, limit: int | None = None) -> list:
-    """The distinct prompts of a data file, in file order: the prompts of preference or SFT data, or a prompt set
-    (a file with just a prompt field, e.g. ``{"prompt": ...}`` lines or a HarmBench CSV)."""
+    """The distinct prompts of a data file, in file order: the prompts of preference or SFT data, the first Human turns
+    of red-team transcripts (``redteam``), or a prompt set (a file with just a prompt field, e.g. ``{"prompt": ...}``
+    lines or a HarmBench CSV)."""
     import json
 
-    from preftune.data.convert import load_examples
+    from preftune.data.convert import detect_file_format, load_examples
+    from preftune.data.native import redteam_prompts
 
-    examples = None
-    for kind in ("preference", "sft"):
+    try:
+        detected = detect_file_format(path, fmt)
+    except PreftuneError:  # a plain prompt set has no data format
+        detected = None
+    found = None  # the prompts of every example or row, in file order
+    if detected == "redteam":
+        found = redteam_prompts(path)
+    for kind in ("preference", "sft") if found is None else ():
         try:
-            examples = load_examples(path, fmt, kind=kind).examples
+            found = [ex.prompt for ex in load_examples(path, fmt, kind=kind).examples]
             break
         except PreftuneError:
             continue
-    if examples is None:
-        examples = load_prompt_set(path)
+    if found is None:
+        found = [item.prompt for item in load_prompt_set(path)]
     seen, prompts = set(), []
-    for ex in examples:
-        key = json.dumps(ex.prompt, sort_keys=True)
+    for prompt in found:
+        key = json.dumps(prompt, sort_keys=True)
         if key not in seen:
             seen.add(key)
-            prompts.append(ex.prompt)
+            prompts.append(prompt)
     return prompts[:limit] if limit else prompts
