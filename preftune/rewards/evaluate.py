@@ -80,6 +80,7 @@ def evaluate_rules(model, examples: list[RuleExample], *, n_bins: int = 10) -> t
     report = {
         "kind": "rule_model",
         "examples": len(examples),
+        "followed": int(y.sum()),  # the labels' balance: the accuracy of always answering the majority label follows
         "accuracy": correct.mean().item(),
         "ece": binary_ece(p, y, n_bins),
         "per_rule": {rule: {"n": len(v), "accuracy": sum(v) / len(v)} for rule, v in per_rule.items()},
