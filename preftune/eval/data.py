@@ -2,8 +2,9 @@
 
 A prompt set is any file ``read_rows`` reads (JSONL, JSON, CSV, Parquet, ...). The prompt is taken from the first
 of :data:`PROMPT_FIELDS` present (or ``field=``): a string, a conversation (``messages``), MT-bench ``turns`` (the
-first turn), or Alpaca's ``instruction`` with its optional ``input`` appended. A reference answer, when present, comes
-from ``reference`` or ``output`` (AlpacaEval's reference outputs) unless named.
+first turn), or Alpaca's ``instruction`` with its optional ``input`` appended; in Anthropic red-team transcripts (the
+``redteam`` data format) the first Human turn. A reference answer, when present, comes from ``reference`` or
+``output`` (AlpacaEval's reference outputs) unless named.
 
 A file of generations holds a prompt and a response per row (``response``, ``output``, ``completion`` or
 ``generation``); ``preftune generate`` writes ``{"prompt", "response", ...}``.
@@ -64,6 +65,8 @@ def _prompt_from(row: dict, name: str, file: str, row_number: int) -> Prompt:
 def load_prompt_set(path: str | Path, *, field: str | None = None, reference_field: str | None = None,
                     limit: int | None = None) -> list[PromptItem]:
     file = str(path)
+    if field is None and _first_row_format(path) == "redteam":
+        return _redteam_prompt_items(path, limit)
     items: list[PromptItem] = []
     name = ref = None
     for row_number, row in read_rows(path):
@@ -84,6 +87,29 @@ def load_prompt_set(path: str | Path, *, field: str | None = None, reference_fie
             break
     if not items:
         raise DataError("no prompts in the file", file=file)
+    return items
+
+
+def _first_row_format(path: str | Path) -> str | None:
+    """The native data format the first row's fields show (None: none, or no rows)."""
+    from preftune.data.native import detect_native
+
+    for _, row in read_rows(path):
+        return detect_native(row)
+    return None
+
+
+def _redteam_prompt_items(path: str | Path, limit: int | None) -> list[PromptItem]:
+    """Red-team transcripts as a prompt set: each row's first Human turn (the red-team prompt), its other fields as meta."""
+    from preftune.data.formats import Source
+    from preftune.data.native import redteam_first_turn
+
+    items = []
+    for row_number, row in read_rows(path):
+        meta = {k: v for k, v in row.items() if k != "transcript" and isinstance(v, (str, int, float, bool))}
+        items.append(PromptItem(redteam_first_turn(row, Source(str(path), row_number)), None, None, row_number, meta))
+        if limit is not None and len(items) >= limit:
+            break
     return items
 
 
