@@ -47,6 +47,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
 from preftune.data.convert import (
@@ -203,8 +204,6 @@ def jailbreak_rule_row(row: dict, source: Source) -> RuleExample:
 def jailbreak_artifact_parameters(path) -> dict | None:
     """A JailbreakBench artifact file's ``parameters`` (method, attacked model, attack type, its attack success rate,
     ...), or None when ``path`` is not one JSON artifact file (a folder of them, a JSON Lines file)."""
-    from pathlib import Path
-
     p = Path(str(path))
     if not p.is_file() or not p.name.lower().endswith(".json"):
         return None
