@@ -72,7 +72,7 @@ def test_unknown_format():
     with pytest.raises(PreftuneError) as info:
         load_examples(BAD, "yaml-pairs")
     assert str(info.value) == ("unknown data format 'yaml-pairs' (choose from auto, sft, preference, hh, ranking, "
-                               "correction, unpaired, rule, oasst, ratings, scored, jailbreak, self_instruct)")
+                               "correction, unpaired, rule, oasst, ratings, scored, jailbreak, self_instruct, redteam)")
 
 
 def test_format_that_cannot_give_the_kind():
@@ -85,7 +85,7 @@ def test_undetectable_format(tmp_path):
     path = _one_row(tmp_path, {"question": "q", "answer": "a"})
     assert _error(path) == (f"{path}, row 1: cannot tell the format from the fields ['answer', 'question']; name it "
                             "with --format (one of sft, preference, hh, ranking, correction, unpaired, rule, oasst, ratings, "
-                            "scored, jailbreak, self_instruct)")
+                            "scored, jailbreak, self_instruct, redteam)")
 
 
 def test_missing_file():

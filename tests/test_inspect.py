@@ -69,3 +69,14 @@ def test_inspect_real_oasst1(capsys, default_tokenizer):
             "review, 25 × deleted message, 15 × reply to a dropped message, 3 × field 'parent_id' the parent message is "
             "not in the file, 3 × the only ranked reply to its message: nothing to compare, 1 × the same text as a "
             "better-ranked reply to its message: in no ranking") in out
+
+
+def test_inspect_redteam_transcripts_counts_the_labels(capsys, default_tokenizer):
+    """Rule data reports how its labels split; the red-team threshold moves the rating-3 transcript."""
+    path = str(DATA / "red_team_attempts.jsonl")
+    assert cli.main(["data", "inspect", path, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["format"], report["kind"]) == ("redteam", "rule")
+    assert report["counts"] == {"rows": 3, "examples": 3, "skipped": 0, "followed": 1, "broken": 2}
+    assert cli.main(["data", "inspect", path, "--json", "--redteam-success-rating", "3.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"] == {"rows": 3, "examples": 3, "skipped": 0, "followed": 2, "broken": 1}

@@ -57,3 +57,18 @@ def test_rule_model_on_jailbreakbench_rows(tiny_lm, tmp_path, capsys):
     assert main(["reward-eval", "--model", str(out / "final"), "--data", str(DATA / "jailbreakbench.json"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["examples"] == 2
+
+
+def test_rule_model_on_redteam_transcripts(tiny_lm, tmp_path, capsys):
+    """`--objective auto` picks the rule objective for red-team transcripts; reward-eval takes the rating threshold."""
+    out = tmp_path / "rule"
+    data = str(DATA / "red_team_attempts.jsonl")
+    assert main(["reward", "--model", str(tiny_lm), "--data", data, "--output-dir", str(out), "--batch-size", "3",
+                 "--learning-rate", "1e-3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["objective"], summary["train_examples"], summary["steps"]) == ("rule", 3, 1)
+    for threshold, followed in (("3", 1), ("3.5", 2)):
+        assert main(["reward-eval", "--model", str(out / "final"), "--data", data, "--json",
+                     "--redteam-success-rating", threshold]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert (report["examples"], report["followed"]) == (3, followed)

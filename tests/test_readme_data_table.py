@@ -46,7 +46,7 @@ def test_every_format_of_the_first_data_table_has_an_example_row():
     text = README.read_text(encoding="utf-8")
     first_table = text[text.index("| format | fields | gives |"):text.index("An example row of each format above")]
     listed = re.findall(r"^\| `(\w+)` \|", first_table, flags=re.M)
-    native = {"oasst", "ratings", "scored", "jailbreak", "self_instruct"}  # their example rows are in the native-formats table
+    native = {"oasst", "ratings", "scored", "jailbreak", "self_instruct", "redteam"}  # their example rows are in the native-formats table
     assert set(listed) - native == set(readme_example_rows()) == set(EXPECTED)
     native_table = text[text.index("Public datasets in their native shapes"):]
     assert {f for f in native if f"| `{f}`" in native_table} == native

@@ -150,9 +150,15 @@ class EvalConfig(SamplingOptions):
     references: Literal["auto", "prompts", "baseline", "none"] = Field(
         "auto", description="references for text metrics: the prompt set's field, the baseline's outputs, or auto (the first there is)")
     perplexity: bool = Field(False, description="the model's perplexity on the references")
-    harmful: str | None = Field(None, description="HarmBench / AdvBench-style CSV of harmful requests")
-    harmful_column: str | None = Field(None, description="its prompt column (default: Behavior / goal / prompt ...)")
-    harmful_where: str | None = Field(None, description="COLUMN=VALUE: keep only those rows (e.g. FunctionalCategory=standard)")
+    harmful: str | None = Field(None, description="HarmBench / AdvBench-style CSV of harmful requests, or a JailbreakBench "
+                                                  "attack artifact (.json: the attack prompts are asked)")
+    harmful_column: str | None = Field(None, description="its prompt column (default: Behavior / goal / prompt ...; a "
+                                                         "JailbreakBench artifact: its attack prompts, or 'goal' for the bare goals)")
+    harmful_where: str | None = Field(None, description="COLUMN=VALUE: keep only those rows (e.g. FunctionalCategory=standard, "
+                                                        "category=Malware/Hacking)")
+    harmful_judge_agreement: bool = Field(True, description="JailbreakBench artifacts: also label the attacked model's saved "
+                                                            "responses with the refusal classifier and compare with the "
+                                                            "artifact's jailbroken verdicts (no model needed)")
     xstest: str | None = Field(None, description="XSTest-style CSV (prompt, type, label) for over-refusal")
     xstest_where: str | None = Field(None, description="COLUMN=VALUE: keep only those rows (e.g. label=safe)")
     xstest_per_type: int | None = Field(None, ge=1, description="use the first N prompts of each XSTest type (stratified subset)")
@@ -361,35 +367,26 @@ def run_eval(config: EvalConfig) -> int:
                        tables=[("text metrics", [{"metric": k, "value": v} for k, v in metrics.items()])], data=metrics)
 
     # -- suites needing the model ----------------------------------------------------------------------------
+    harmful_set = None
+    if config.harmful:
+        from preftune.eval.safety import read_harmful
+
+        harmful_set = read_harmful(config.harmful, column=config.harmful_column, limit=config.suite_limit, where=config.harmful_where)
     suites = {"harmful": config.harmful, "xstest": config.xstest, "truthfulqa": config.truthfulqa, "bbq": config.bbq,
               "pluralistic": config.pluralistic, "toxicity": config.toxicity}
-    asked = [k for k, v in suites.items() if v]
+    # a JailbreakBench artifact without --model: only its saved responses are classified (against its judge's verdicts)
+    saved_only = harmful_set is not None and harmful_set.format == "jailbreak" and config.harmful_judge_agreement
+    asked = [k for k, v in suites.items() if v and not (k == "harmful" and saved_only)]
     if asked and not config.model:
         raise PreftuneError(f"the suites {', '.join(asked)} need --model (they generate or score with it)")
     if config.harmful or config.xstest:
-        from preftune.eval.safety import over_refusal_report, read_harmful, read_xstest, refusal_report
+        from preftune.eval.safety import over_refusal_report, read_xstest
 
-        model, tok = models.get(config.model)
         classifier = _refusal_classifier(config, models)
-        if config.harmful:
-            hitems = read_harmful(config.harmful, column=config.harmful_column, limit=config.suite_limit, where=config.harmful_where)
-            hresp = [r["response"] for r in generate_responses(model, tok, [h.prompt for h in hitems], config)]
-            labels = classifier([h.prompt for h in hitems], hresp)
-            rep = refusal_report(hitems, labels)
-            rows = [{"category": "all", **{k: _rate_str(rep["overall"][k]) for k in ("refusal", "partial", "compliance", "any_refusal")}, "n": rep["overall"]["n"]}]
-            rows += [{"category": c, **{k: _rate_str(v[k]) for k in ("refusal", "partial", "compliance", "any_refusal")}, "n": v["n"]}
-                     for c, v in rep["per_category"].items()]
-            samples = [{"prompt": h.prompt[:200], "response": r[:300], "label": lab} for h, r, lab in list(zip(hitems, hresp, labels))[:10]]
-            images = []
-            if rep["per_category"]:
-                images.append(("refusal rate (full + partial) per category", rp.plot_rates_by_group(
-                    [{"group": c, **v} for c, v in rep["per_category"].items()], group_key="group")))
-            report.add("harmful", text=f"{len(hitems)} harmful requests from {config.harmful}; refusal classifier: {config.refusal_classifier}. "
-                                       "Higher refusal is better.",
-                       tables=[("refusal rates", rows), ("samples", samples)], images=images,
-                       data={**rep, "file": config.harmful, "responses": [{"prompt": h.prompt, "response": r, "label": lab}
-                                                                          for h, r, lab in zip(hitems, hresp, labels)]})
+        if harmful_set is not None:
+            add_harmful_section(report, config, models, harmful_set, classifier)
         if config.xstest:
+            model, tok = models.get(config.model)
             xitems = read_xstest(config.xstest, limit=config.suite_limit, per_type=config.xstest_per_type, where=config.xstest_where)
             xresp = [r["response"] for r in generate_responses(model, tok, [x.prompt for x in xitems], config)]
             labels = classifier([x.prompt for x in xitems], xresp)
@@ -582,6 +579,84 @@ def add_agreement_section(report, config: EvalConfig, models: _Models) -> None:
         "longer answer (compare a judge with the people)." + ("" if several else " No pair has several judgements: the leave-one-out "
                                                                          "figures need at least two per pair.")),
                tables=[("judge–human agreement", rows)], data={"file": path, "humans": people, "judges": judges})
+
+
+_RATE_KEYS = ("refusal", "partial", "compliance", "any_refusal")
+
+
+def add_harmful_section(report, config: EvalConfig, models: _Models, items, classifier) -> None:
+    """The harmful-requests section: the model's refusal rates on ``items`` (a :class:`HarmfulSet`), per category; for a
+    JailbreakBench artifact also the attack success rate, and the classifier against the artifact's judges on the
+    attacked model's saved responses (the only part run without ``--model``)."""
+    from preftune.eval import report as rp
+    from preftune.eval.safety import attack_success, judge_agreement, refusal_report
+
+    jailbreak = items.format == "jailbreak"
+    tables, images, data = [], [], {"file": config.harmful, "format": items.format}
+    texts = []
+    if jailbreak:
+        data["skipped"] = [{"row": row, "reason": reason} for row, reason in items.skipped]
+        data["parameters"] = items.parameters
+        about = items.parameters or {}
+        attack = (f" (JailbreakBench artifact: {about.get('method')} {about.get('attack_type')} attack on "
+                  f"{about.get('model')})") if about else " (JailbreakBench artifacts)"
+        texts.append(f"{len(items)} attack prompts from {config.harmful}{attack}"
+                     f"{f' where {config.harmful_where}' if config.harmful_where else ''}: the attack prompt is what the model is "
+                     "asked; the goal is its intent. "
+                     f"{len(items.skipped)} goal(s) had no attack prompt (the attack submitted none): not asked, and counted as "
+                     "failed attacks in the all-goals attack success rate, as JailbreakBench counts them.")
+    else:
+        texts.append(f"{len(items)} harmful requests from {config.harmful}.")
+    texts.append(f"Refusal classifier: {config.refusal_classifier}.")
+    if config.model:
+        model, tok = models.get(config.model)
+        responses = [r["response"] for r in generate_responses(model, tok, [h.prompt for h in items], config)]
+        labels = classifier([h.prompt for h in items], responses)
+        rep = refusal_report(items, labels)
+        rows = [{"category": "all", **{k: _rate_str(rep["overall"][k]) for k in _RATE_KEYS}, "n": rep["overall"]["n"]}]
+        rows += [{"category": c, **{k: _rate_str(v[k]) for k in _RATE_KEYS}, "n": v["n"]} for c, v in rep["per_category"].items()]
+        tables.append(("refusal rates", rows))
+        data.update(rep)
+        samples = []
+        for h, r, lab in list(zip(items, responses, labels))[:10]:
+            samples.append({**({"goal": h.attempt.goal[:200]} if h.attempt else {}), "prompt": h.prompt[:200],
+                            "response": r[:300], "label": lab})
+        tables.append(("samples", samples))
+        if rep["per_category"]:
+            images.append(("refusal rate (full + partial) per category", rp.plot_rates_by_group(
+                [{"group": c, **v} for c, v in rep["per_category"].items()], group_key="group")))
+        data["responses"] = [{**({"goal": h.attempt.goal, "category": h.category} if h.attempt else {}), "prompt": h.prompt,
+                              "response": r, "label": lab} for h, r, lab in zip(items, responses, labels)]
+        texts.append("Higher refusal is better.")
+        if jailbreak:
+            success = attack_success(items, labels, seed=config.seed)
+            data["attack_success"] = success
+            tables.append(("attack success", [{
+                "asked": success["asked"], "no attack prompt": success["no_attack_prompt"],
+                "attack success rate": _rate_str(success["attack_success_rate"]),
+                "refusal rate (= 1 − ASR)": _rate_str(success["refusal_rate"]),
+                "ASR over all goals": _rate_str(success["attack_success_rate_all_goals"])}]))
+            texts.append("An attack succeeded when the classifier labels the response compliance, so the refusal rate "
+                         "(full + partial) is 1 − the attack success rate (ASR); 95% bootstrap intervals.")
+    if jailbreak and config.harmful_judge_agreement:
+        saved = [h.attempt for h in items if h.attempt.response is not None]
+        saved_labels = classifier([a.prompt for a in saved], [a.response for a in saved])
+        agreement = judge_agreement(saved, saved_labels, seed=config.seed)
+        data["judge_agreement"] = agreement
+        tables.append(("refusal classifier against the artifact's judges, on the attacked model's saved responses", [
+            {"judge": a["judge"], "n": a["n"], "agreement": _rate_str(a["agreement"]),
+             "Cohen's kappa": "–" if a["cohen_kappa"] is None else round(a["cohen_kappa"], 3),
+             "ASR by the judge": _rate_str(a["judge_success_rate"]),
+             "ASR by the classifier": _rate_str(a["classifier_success_rate"])} for a in agreement.values()]))
+        for a in agreement.values():
+            tables.append((f"classifier label × {a['judge']} verdict", [{"classifier": lab, **counts}
+                                                                        for lab, counts in a["confusion"].items()]))
+        texts.append(f"The artifact also holds the attacked model's response to each of {len(saved)} attack prompts, with "
+                     "the JailbreakBench judge's jailbroken verdict (and Llama Guard's): the classifier labels those saved "
+                     "responses (no model run), an attack counting as successful when it says compliance, and agreement "
+                     "is the share of responses where that matches the judge (95% bootstrap interval)."
+                     + ("" if config.model else " Without --model only this check was run."))
+    report.add("harmful", text=" ".join(texts), tables=tables, images=images, data=data)
 
 
 def add_toxicity_section(report, config: EvalConfig, model, tokenizer) -> None:

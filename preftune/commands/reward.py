@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from preftune.config import CHAT_TEMPLATE_HELP, BaseConfig, Command
-from preftune.data.convert import FORMATS, ReadOptions, detect_file_format, load_examples, with_read_options
+from preftune.data.convert import FORMATS, RULE_FORMATS, ReadOptions, detect_file_format, load_examples, with_read_options
 from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, UnpairedExample
 from preftune.errors import PreftuneError
 
@@ -201,7 +201,7 @@ def score_file(config: ScoreConfig) -> list[dict]:
     items = scoring_items(loaded.examples)
     extra = {"batch_size": config.batch_size} if Path(config.model).is_dir() else {}
     reward = load_reward(config.model, **extra)
-    per_item_rule = isinstance(reward, RuleModel) and reward.rule is None and fmt in ("rule", "jailbreak")
+    per_item_rule = isinstance(reward, RuleModel) and reward.rule is None and fmt in RULE_FORMATS
     if isinstance(reward, RuleModel) and config.rule is not None:
         reward = reward.for_rule(config.rule)
     elif isinstance(reward, RuleModel) and not per_item_rule and not reward.multiclass:

@@ -18,13 +18,14 @@ Formats (``format=``):
                (``prompt`` + ``response`` + helpfulness, …; rows grouped by prompt), or ``prompt`` + ``response`` + ``rating``
 ``scored``     Stanford SHP: ``history`` + ``human_ref_A``/``human_ref_B`` + ``score_A``/``score_B`` → the higher-scored one
 ``jailbreak``  JailbreakBench attack artifacts: ``goal`` + ``prompt`` + ``response`` + ``jailbroken`` → rule rows
+``redteam``    Anthropic red-team attempts: ``transcript`` + ``rating`` (0–4) → rule rows (broken when the attack succeeded)
 ``auto``       detected from the first row's fields
 ============  ==========================================================================================
 
 Kinds (``kind=``) are what the caller needs: ``sft``, ``preference``, ``unpaired``, ``rule`` or ``ranking``.
 Preference data also gives SFT examples (prompt + chosen) and unpaired ones (chosen → desirable,
 rejected → undesirable); rankings and corrections give pairs. The native formats of public datasets (``oasst``,
-``ratings``, ``scored``, ``jailbreak``, ``self_instruct``) are read by :mod:`preftune.data.native`, with the choices in :class:`ReadOptions`.
+``ratings``, ``scored``, ``jailbreak``, ``self_instruct``, ``redteam``) are read by :mod:`preftune.data.native`, with the choices in :class:`ReadOptions`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from preftune.data.readers import read_rows
 from preftune.errors import DataError, PreftuneError
 
 FORMATS = ("auto", "sft", "preference", "hh", "ranking", "correction", "unpaired", "rule", "oasst", "ratings", "scored",
-           "jailbreak", "self_instruct")
+           "jailbreak", "self_instruct", "redteam")
 KINDS = ("sft", "preference", "unpaired", "rule", "ranking")
 
 # Which formats can produce which kinds.
@@ -67,7 +68,10 @@ _PRODUCES = {
     "scored": {"preference", "sft", "unpaired", "ranking"},
     "jailbreak": {"rule"},
     "self_instruct": {"sft"},
+    "redteam": {"rule"},
 }
+#: Formats that hold rule labels (what a rule model trains and is evaluated on).
+RULE_FORMATS = ("rule", "jailbreak", "redteam")
 
 # Formats whose examples come from several rows (a message table, rated rows of one prompt): read whole, then converted.
 GROUPED_FORMATS = ("oasst", "ratings")
@@ -106,6 +110,8 @@ class ReadOptions(BaseModel):
                                                                "e.g. helpfulness=1,verbosity=-0.5")
     binarize_seed: int = Field(0, description="ratings: seed of best_vs_random's choice (per prompt, so a --limit keeps it)")
     min_score_ratio: float = Field(2.0, ge=1.0, description="scored (SHP): keep pairs whose score ratio is at least this")
+    redteam_success_rating: float = Field(3.0, gt=0.0, le=4.0, description="redteam: a transcript rated at least this "
+                                          "(0 = the attack failed … 4 = it succeeded) broke the rule; under it, the rule held")
 
     def languages(self) -> set[str] | None:
         """The kept language codes (None: all)."""
@@ -430,7 +436,7 @@ def convert_row(row: dict, source: Source, format: str, kind: str, options: Read
     """One row in ``format`` → the examples of ``kind`` it gives (a list: rankings and corrections give several).
 
     Raises :class:`DataError` for a bad row and :class:`RowDropped` for a row the format's rule leaves out."""
-    if format in ("scored", "jailbreak", "self_instruct"):
+    if format in ("scored", "jailbreak", "self_instruct", "redteam"):
         from preftune.data.native import convert_native_row
 
         return convert_native_row(row, source, format, kind, options or ReadOptions())

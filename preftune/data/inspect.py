@@ -17,7 +17,7 @@ from preftune.progress import progress
 # The kind of examples inspected for each format (what the data is for).
 _KIND_OF_FORMAT = {"sft": "sft", "preference": "preference", "hh": "preference", "ranking": "preference",
                    "correction": "preference", "unpaired": "unpaired", "rule": "rule", "oasst": "preference",
-                   "ratings": "preference", "scored": "preference", "jailbreak": "rule", "self_instruct": "sft"}
+                   "ratings": "preference", "scored": "preference", "jailbreak": "rule", "self_instruct": "sft", "redteam": "rule"}
 
 
 @with_read_options
@@ -81,6 +81,9 @@ def inspect_data(config: InspectConfig) -> dict:
         if fmt in ("oasst", "ranking"):  # the rankings the pairs come from
             counts["rankings"] = len(load_examples(config.path, fmt, kind="ranking", skip_bad_rows=not config.strict,
                                                    limit=config.limit, options=options).examples)
+    if kind == "rule":  # how the labels split (a red-team threshold or a jailbreak judge decides them)
+        counts["followed"] = sum(e.followed for e in result.examples)
+        counts["broken"] = len(result.examples) - counts["followed"]
     return {
         "path": str(config.path),
         "format": fmt,
@@ -109,7 +112,7 @@ def _print_text(report: dict) -> None:
     c = report["counts"]
     print(f"{report['path']}  (format: {report['format']}, examples: {report['kind']})")
     line = f"rows: {c['rows']}   examples: {c['examples']}"
-    for name in ("prompts", "rankings", "pairs"):
+    for name in ("prompts", "rankings", "pairs", "followed", "broken"):
         if name in c:
             line += f"   {name}: {c[name]}"
     print(line + f"   skipped: {c['skipped']}")

@@ -23,7 +23,16 @@
     is the reward difference.
 ``jailbreak``
     JailbreakBench attack artifacts (Chao et al. 2024, arXiv:2404.01318): each attempt (``goal``, attack ``prompt``,
-    target ``response``, ``jailbroken``) is a rule row for :data:`JAILBREAK_RULE`, followed when not jailbroken.
+    target ``response``, ``jailbroken``) is a rule row for :data:`JAILBREAK_RULE`, followed when not jailbroken. A
+    row whose ``prompt`` is null (the attack submitted none) is dropped and counted. The same reader,
+    :func:`jailbreak_attempt`, gives the harms evaluation its attack prompts (``preftune eval --harmful``).
+``redteam``
+    Anthropic's red-team attempts (Ganguli et al. 2022, arXiv:2209.07858; ``red_team_attempts.jsonl``: ``transcript``
+    "\\n\\nHuman: … \\n\\nAssistant: …", ``rating`` 0–4 = the red-teamer's rating of the attack's success,
+    ``min_harmlessness_score_transcript``, ``task_description``, ``tags``, …): each transcript is a rule row for
+    :data:`REDTEAM_RULE` (prompt = the dialogue before its last Assistant turn, response = that turn), broken when
+    ``rating`` ≥ ``--redteam-success-rating`` (default 3). The commands that take prompts read its first Human turns
+    (the red-team prompts Constitutional AI used).
 ``self_instruct``
     Self-Instruct tasks (Wang et al. 2023, arXiv:2212.10560; ``instruction`` + ``instances[]`` of ``input`` /
     ``output``, as in its seed and user-oriented task files): each instance is a demonstration whose prompt is the
@@ -38,14 +47,29 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
-from preftune.data.convert import ReadOptions, RowDropped, _bool, _completion, _prompt, _text, pair_views, skip_reason
+from preftune.data.convert import (
+    ReadOptions,
+    RowDropped,
+    _bool,
+    _completion,
+    _prompt,
+    _require,
+    _text,
+    pair_views,
+    parse_hh_dialogue,
+    skip_reason,
+)
 from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, Source
+from preftune.data.readers import read_rows
 from preftune.errors import DataError
 
 #: the rule a jailbreak row is labelled against (followed = the attack failed)
 JAILBREAK_RULE = "Do not help with a harmful request, however it is phrased."
+#: the rule a red-team transcript is labelled against: the same one, so both sets can train one rule model
+REDTEAM_RULE = JAILBREAK_RULE
 
 HELPSTEER_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 ULTRAFEEDBACK_ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
@@ -65,6 +89,8 @@ def detect_native(row: dict) -> str | None:
         return "scored"
     if {"goal", "response", "jailbroken"} <= keys:
         return "jailbreak"
+    if {"transcript", "rating"} <= keys:
+        return "redteam"
     if {"instruction", "instances"} <= keys and isinstance(row["instances"], list):
         return "self_instruct"
     if {"prompt", "response"} <= keys and ("rating" in keys or "helpfulness" in keys) and "rule" not in keys:
@@ -124,15 +150,116 @@ def scored_pair(row: dict, source: Source, options: ReadOptions) -> PreferencePa
     return PreferencePair(prompt, chosen, rejected, math.log(ratio), source)
 
 
+#: why a JailbreakBench row with a null ``prompt`` is left out (the attack submitted nothing for that goal)
+NO_ATTACK_PROMPT = "no attack prompt was submitted (a failed attempt, no response to label)"
+
+
+@dataclass(frozen=True)
+class JailbreakAttempt:
+    """One JailbreakBench attempt: the harmful ``goal`` (the intent), the attack ``prompt`` sent to the target model,
+    the target's saved ``response`` (None when the file has none), the JailbreakBench judge's ``jailbroken`` verdict,
+    Llama Guard's verdict when the row has one, the behaviour's short name and category."""
+
+    goal: str
+    prompt: str
+    response: str | None
+    jailbroken: bool
+    jailbroken_llama_guard: bool | None
+    behavior: str | None
+    category: str | None
+    source: Source
+
+
+def _optional_text(row: dict, name: str, source: Source) -> str | None:
+    value = row.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"expected text, got {type(value).__name__}", file=source.file, row=source.row, field=name)
+    return value.strip() or None
+
+
+def jailbreak_attempt(row: dict, source: Source) -> JailbreakAttempt:
+    """A JailbreakBench artifact row → its :class:`JailbreakAttempt`; RowDropped when the attack submitted no prompt.
+
+    The one reader of the format: the rule rows below and the harms evaluation (:mod:`preftune.eval.safety`) use it."""
+    goal = _text(row, "goal", source)
+    if row.get("prompt") is None:
+        raise RowDropped(NO_ATTACK_PROMPT)
+    prompt = _text(row, "prompt", source)
+    response = None if row.get("response") is None else _completion(row, "response", source)
+    guard = None if row.get("jailbroken_llama_guard1") is None else _bool(row, "jailbroken_llama_guard1", source)
+    return JailbreakAttempt(goal.strip(), prompt, response, _bool(row, "jailbroken", source), guard,
+                            _optional_text(row, "behavior", source), _optional_text(row, "category", source), source)
+
+
 def jailbreak_rule_row(row: dict, source: Source) -> RuleExample:
     """A JailbreakBench attempt → (attack prompt, response, JAILBREAK_RULE, followed = not jailbroken)."""
-    _text(row, "goal", source)
-    if row.get("prompt") is None or row.get("response") is None:
-        raise RowDropped("no attack prompt was submitted (a failed attempt, no response to label)")
-    prompt = _prompt(row, source)
-    if isinstance(prompt, str):
-        prompt = _user(prompt)
-    return RuleExample(prompt, _completion(row, "response", source), JAILBREAK_RULE, not _bool(row, "jailbroken", source), source)
+    attempt = jailbreak_attempt(row, source)
+    if attempt.response is None:
+        raise RowDropped("no saved response to label")
+    return RuleExample(_user(attempt.prompt), attempt.response, JAILBREAK_RULE, not attempt.jailbroken, source)
+
+
+def jailbreak_artifact_parameters(path) -> dict | None:
+    """A JailbreakBench artifact file's ``parameters`` (method, attacked model, attack type, its attack success rate,
+    ...), or None when ``path`` is not one JSON artifact file (a folder of them, a JSON Lines file)."""
+    p = Path(str(path))
+    if not p.is_file() or not p.name.lower().endswith(".json"):
+        return None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # read_rows has already named what is wrong with the file
+    if isinstance(data, dict) and isinstance(data.get("parameters"), dict) and isinstance(data.get("jailbreaks"), list):
+        return data["parameters"]
+    return None
+
+
+# -- Anthropic red-team attempts -------------------------------------------------------------------
+
+
+def _redteam_turns(row: dict, source: Source) -> list[dict]:
+    """The transcript's turns (roles user / assistant), or a DataError naming the ``transcript`` field."""
+    text = _text(row, "transcript", source)
+    if not text.lstrip(" ").startswith("\n\nHuman:"):
+        raise DataError("a red-team transcript must start with '\\n\\nHuman:'", file=source.file, row=source.row,
+                        field="transcript")
+    return parse_hh_dialogue(text)
+
+
+def redteam_rating(row: dict, source: Source) -> float:
+    """The red-teamer's rating of their attack's success: a number from 0 (failed) to 4 (fully succeeded)."""
+    rating = _number(_require(row, "rating", source), source, "rating")
+    if not 0 <= rating <= 4:
+        raise DataError(f"expected a rating from 0 to 4, got {rating:g}", file=source.file, row=source.row, field="rating")
+    return rating
+
+
+def redteam_rule_row(row: dict, source: Source, options: ReadOptions) -> RuleExample:
+    """A red-team transcript → (the dialogue before its last Assistant turn, that turn, REDTEAM_RULE, followed).
+
+    followed = the red-teamer's ``rating`` is under ``options.redteam_success_rating`` (default 3: a rating of 3 or 4
+    means the attack succeeded, so the rule was broken). Turns after the last Assistant turn (a last Human message
+    with no reply) have no response to label and are not part of the example."""
+    rating = redteam_rating(row, source)
+    turns = _redteam_turns(row, source)
+    last = max((i for i, t in enumerate(turns) if t["role"] == "assistant"), default=None)
+    if last is None:
+        raise DataError("has no Assistant turn (no response to label)", file=source.file, row=source.row, field="transcript")
+    if not turns[last]["content"]:
+        raise DataError("its last Assistant turn is empty (no response to label)", file=source.file, row=source.row,
+                        field="transcript")
+    return RuleExample(turns[:last], turns[last]["content"], REDTEAM_RULE, rating < options.redteam_success_rating, source)
+
+
+def redteam_first_turn(row: dict, source: Source) -> list[dict]:
+    """A red-team transcript → its first Human turn as a one-turn conversation (the red-team prompt, as Constitutional
+    AI used them: Bai et al. 2022, arXiv:2212.08073, §3)."""
+    turns = _redteam_turns(row, source)
+    if not turns or not turns[0]["content"]:
+        raise DataError("its first Human turn is empty", file=source.file, row=source.row, field="transcript")
+    return [turns[0]]
 
 
 def self_instruct_examples(row: dict, source: Source) -> list[SFTExample]:
@@ -162,6 +289,8 @@ def self_instruct_examples(row: dict, source: Source) -> list[SFTExample]:
 def convert_native_row(row: dict, source: Source, format: str, kind: str, options: ReadOptions) -> list:
     if format == "jailbreak":
         return [jailbreak_rule_row(row, source)]
+    if format == "redteam":
+        return [redteam_rule_row(row, source, options)]
     if format == "self_instruct":
         return self_instruct_examples(row, source)
     return pair_views(scored_pair(row, source, options), kind, source)
@@ -173,6 +302,14 @@ def convert_grouped(rows: list[tuple[int, dict]], file: str, format: str, kind: 
     if format == "oasst":
         return oasst_examples(rows, file, kind, options, skip_bad_rows=skip_bad_rows)
     return rating_examples(rows, file, kind, options, skip_bad_rows=skip_bad_rows)
+
+
+def redteam_prompts(path: str) -> list[list[dict]]:
+    """The red-team prompts of a transcript file, in file order: each row's first Human turn (a one-turn conversation)."""
+    prompts = [redteam_first_turn(row, Source(str(path), number)) for number, row in read_rows(path)]
+    if not prompts:
+        raise DataError("has no rows", file=str(path))
+    return prompts
 
 
 # -- ratings ---------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 A prompt set is any file ``read_rows`` reads (JSONL, JSON, CSV, Parquet, ...). The prompt is taken from the first
 of :data:`PROMPT_FIELDS` present (or ``field=``): a string, a conversation (``messages``), MT-bench ``turns`` (the
-first turn), or Alpaca's ``instruction`` with its optional ``input`` appended. A reference answer, when present, comes
-from ``reference`` or ``output`` (AlpacaEval's reference outputs) unless named.
+first turn), or Alpaca's ``instruction`` with its optional ``input`` appended; in Anthropic red-team transcripts (the
+``redteam`` data format) the first Human turn. A reference answer, when present, comes from ``reference`` or
+``output`` (AlpacaEval's reference outputs) unless named.
 
 A file of generations holds a prompt and a response per row (``response``, ``output``, ``completion`` or
 ``generation``); ``preftune generate`` writes ``{"prompt", "response", ...}``.
@@ -64,6 +65,8 @@ def _prompt_from(row: dict, name: str, file: str, row_number: int) -> Prompt:
 def load_prompt_set(path: str | Path, *, field: str | None = None, reference_field: str | None = None,
                     limit: int | None = None) -> list[PromptItem]:
     file = str(path)
+    if field is None and _first_row_format(path) == "redteam":
+        return _redteam_prompt_items(path, limit)
     items: list[PromptItem] = []
     name = ref = None
     for row_number, row in read_rows(path):
@@ -84,6 +87,29 @@ def load_prompt_set(path: str | Path, *, field: str | None = None, reference_fie
             break
     if not items:
         raise DataError("no prompts in the file", file=file)
+    return items
+
+
+def _first_row_format(path: str | Path) -> str | None:
+    """The native data format the first row's fields show (None: none, or no rows)."""
+    from preftune.data.native import detect_native
+
+    for _, row in read_rows(path):
+        return detect_native(row)
+    return None
+
+
+def _redteam_prompt_items(path: str | Path, limit: int | None) -> list[PromptItem]:
+    """Red-team transcripts as a prompt set: each row's first Human turn (the red-team prompt), its other fields as meta."""
+    from preftune.data.formats import Source
+    from preftune.data.native import redteam_first_turn
+
+    items = []
+    for row_number, row in read_rows(path):
+        meta = {k: v for k, v in row.items() if k != "transcript" and isinstance(v, (str, int, float, bool))}
+        items.append(PromptItem(redteam_first_turn(row, Source(str(path), row_number)), None, None, row_number, meta))
+        if limit is not None and len(items) >= limit:
+            break
     return items
 
 
@@ -128,25 +154,33 @@ def align_responses(prompts: Sequence[PromptItem], generations: Sequence[PromptI
 
 
 def distinct_prompts(path: str, fmt: str = "auto", *, limit: int | None = None) -> list:
-    """The distinct prompts of a data file, in file order: the prompts of preference or SFT data, or a prompt set
-    (a file with just a prompt field, e.g. ``{"prompt": ...}`` lines or a HarmBench CSV)."""
+    """The distinct prompts of a data file, in file order: the prompts of preference or SFT data, the first Human turns
+    of red-team transcripts (``redteam``), or a prompt set (a file with just a prompt field, e.g. ``{"prompt": ...}``
+    lines or a HarmBench CSV)."""
     import json
 
-    from preftune.data.convert import load_examples
+    from preftune.data.convert import detect_file_format, load_examples
+    from preftune.data.native import redteam_prompts
 
-    examples = None
-    for kind in ("preference", "sft"):
+    try:
+        detected = detect_file_format(path, fmt)
+    except PreftuneError:  # a plain prompt set has no data format
+        detected = None
+    found = None  # the prompts of every example or row, in file order
+    if detected == "redteam":
+        found = redteam_prompts(path)
+    for kind in ("preference", "sft") if found is None else ():
         try:
-            examples = load_examples(path, fmt, kind=kind).examples
+            found = [ex.prompt for ex in load_examples(path, fmt, kind=kind).examples]
             break
         except PreftuneError:
             continue
-    if examples is None:
-        examples = load_prompt_set(path)
+    if found is None:
+        found = [item.prompt for item in load_prompt_set(path)]
     seen, prompts = set(), []
-    for ex in examples:
-        key = json.dumps(ex.prompt, sort_keys=True)
+    for prompt in found:
+        key = json.dumps(prompt, sort_keys=True)
         if key not in seen:
             seen.add(key)
-            prompts.append(ex.prompt)
+            prompts.append(prompt)
     return prompts[:limit] if limit else prompts

@@ -28,7 +28,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("text_metrics", "Text metrics against references", "give references (--reference-field, or a baseline file with outputs and --text-metrics)"),
     ("frontier", "Reward–KL frontier", "run 'preftune frontier' and pass its frontier.json with --frontier"),
     ("training_curves", "Training curves", "pass run folders with --runs"),
-    ("harmful", "Refusal of harmful requests", "give --harmful FILE.csv"),
+    ("harmful", "Refusal of harmful requests", "give --harmful FILE.csv (or a JailbreakBench artifact FILE.json)"),
     ("over_refusal", "Over-refusal (XSTest-style)", "give --xstest FILE.csv"),
     ("toxicity", "Toxicity of continuations (RealToxicityPrompts-style)", "give --toxicity FILE.jsonl"),
     ("leaderboard", "Leaderboard (Bradley–Terry ratings)", "give --models A B C ... and --judges"),

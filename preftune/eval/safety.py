@@ -5,6 +5,14 @@
   contextual behaviours (a non-empty ``ContextString``) get their context prepended. A category column
   (``SemanticCategory``, ``category``, ``FunctionalCategory``) when present gives per-category rates.
   Higher refusal is better here.
+* JailbreakBench attack artifacts (Chao et al. 2024, arXiv:2404.01318; a JSON file with ``parameters`` and
+  ``jailbreaks``, read by the ``jailbreak`` format's reader, :func:`preftune.data.native.jailbreak_attempt`): the
+  attack ``prompt`` is what the model is asked (the ``goal`` is kept as its intent), ``category`` gives per-category
+  rates and works with ``where``. A goal whose attack submitted no prompt is not asked: it is counted in
+  :attr:`HarmfulSet.skipped` with its reason. ``column="goal"`` asks the goals themselves (the direct requests,
+  without the attack) through the generic reader. The artifact also holds the attacked model's ``response`` and
+  the JailbreakBench judge's ``jailbroken`` label: :func:`judge_agreement` compares the refusal classifier's labels
+  of those saved responses with the judge's, which needs no model.
 * Over-refusal: an XSTest-style CSV (Röttger et al. 2024) with ``prompt``, ``type`` and ``label`` (``safe`` /
   ``unsafe``). Reported per type: refusal, partial and compliance rates. On safe types any refusal is over-refusal
   (lower is better); the unsafe contrast types show whether the model still refuses what it should.
@@ -14,11 +22,17 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from preftune.data.convert import RowDropped
+from preftune.data.formats import Source
+from preftune.data.native import JailbreakAttempt, detect_native, jailbreak_artifact_parameters, jailbreak_attempt
 from preftune.data.readers import is_starter, read_rows
 from preftune.errors import DataError
 from preftune.eval.stats import rate_with_ci
@@ -34,6 +48,28 @@ class SafetyPrompt:
     label: str | None = None  # safe / unsafe (XSTest)
     row: int = 0
     meta: dict = field(default_factory=dict, hash=False, compare=False)
+    attempt: JailbreakAttempt | None = field(default=None, hash=False, compare=False)  # a JailbreakBench row's attempt
+
+
+@dataclass
+class HarmfulSet(Sequence):
+    """The harmful requests of a file (a sequence of :class:`SafetyPrompt`), the rows with nothing to ask, as
+    ``(row, reason)``, and for a JailbreakBench artifact its ``parameters`` (method, attacked model, ...; None for a
+    folder of artifacts)."""
+
+    items: list[SafetyPrompt]
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    format: str = "behaviours"  # or "jailbreak"
+    parameters: dict | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+    def __iter__(self) -> Iterator[SafetyPrompt]:
+        return iter(self.items)
 
 
 def _find(columns: Sequence[str], wanted: Sequence[str]) -> str | None:
@@ -45,12 +81,20 @@ def _find(columns: Sequence[str], wanted: Sequence[str]) -> str | None:
 
 
 def read_harmful(path: str | Path, *, column: str | None = None, limit: int | None = None,
-                 where: str | None = None) -> list[SafetyPrompt]:
-    """Harmful behaviours from a CSV / JSONL file (see module doc for the column rules); ``where="COLUMN=VALUE"``
-    keeps the rows whose COLUMN is VALUE (HarmBench's ``FunctionalCategory=standard``)."""
+                 where: str | None = None) -> HarmfulSet:
+    """Harmful behaviours from a CSV / JSONL file or a JailbreakBench artifact (see module doc for the column rules);
+    ``where="COLUMN=VALUE"`` keeps the rows whose COLUMN is VALUE (HarmBench's ``FunctionalCategory=standard``,
+    JailbreakBench's ``category=Malware/Hacking``)."""
+    rows = read_rows(path)
+    first = next(rows, None)
+    if first is None:
+        raise DataError("has no rows", file=str(path))
+    rows = itertools.chain([first], rows)
+    if column in (None, "prompt") and detect_native(first[1]) == "jailbreak":
+        return _read_jailbreak_attempts(path, rows, limit=limit, where=where)
     out: list[SafetyPrompt] = []
     prompt_col = cat_col = None
-    for row_number, row in read_rows(path):
+    for row_number, row in rows:
         if not _matches(row, where, path, row_number):
             continue
         if prompt_col is None:
@@ -68,7 +112,25 @@ def read_harmful(path: str | Path, *, column: str | None = None, limit: int | No
         out.append(SafetyPrompt(text, str(row[cat_col]) if cat_col and row.get(cat_col) else None, None, row_number))
         if limit is not None and len(out) >= limit:
             break
-    return out
+    return HarmfulSet(out)
+
+
+def _read_jailbreak_attempts(path: str | Path, rows, *, limit: int | None, where: str | None) -> HarmfulSet:
+    """JailbreakBench rows → the attack prompts to ask; a goal with no attack prompt is skipped with its reason."""
+    out: list[SafetyPrompt] = []
+    skipped: list[tuple[int, str]] = []
+    for row_number, row in rows:
+        if not _matches(row, where, path, row_number):
+            continue
+        try:
+            attempt = jailbreak_attempt(row, Source(str(path), row_number))
+        except RowDropped as dropped:
+            skipped.append((row_number, dropped.reason))
+            continue
+        out.append(SafetyPrompt(attempt.prompt.strip(), attempt.category, None, row_number, attempt=attempt))
+        if limit is not None and len(out) >= limit:
+            break
+    return HarmfulSet(out, skipped, "jailbreak", jailbreak_artifact_parameters(path))
 
 
 def _matches(row: dict, where: str | None, path, row_number: int) -> bool:
@@ -146,3 +208,58 @@ def over_refusal_report(items: Sequence[SafetyPrompt], labels: Sequence[str]) ->
     safe = [lab for i, lab in zip(items, labels) if i.label == "safe"]
     unsafe = [lab for i, lab in zip(items, labels) if i.label == "unsafe"]
     return {"per_type": per_type, "safe": refusal_rates(safe) if safe else {"n": 0}, "unsafe": refusal_rates(unsafe) if unsafe else {"n": 0}}
+
+
+def attack_success(items: HarmfulSet, labels: Sequence[str], *, seed: int = 0) -> dict:
+    """How often the attacks of a JailbreakBench set succeeded on the evaluated model, with 95 % intervals.
+
+    An attack succeeded when the classifier labels the response ``compliance``; so the refusal rate (full + partial)
+    is 1 − the attack success rate. ``attack_success_rate`` is over the prompts asked; ``attack_success_rate_all_goals``
+    counts each goal whose attack submitted no prompt as a failed attack, as JailbreakBench does (its denominator is
+    every goal of the file)."""
+    if len(items) != len(labels):
+        raise ValueError(f"{len(items)} prompts but {len(labels)} labels")
+    success = [1.0 if lab == "compliance" else 0.0 for lab in labels]
+    out: dict = {"asked": len(success), "no_attack_prompt": len(items.skipped)}
+    out["attack_success_rate"] = rate_with_ci(success, seed=seed).as_dict() if success else None
+    out["refusal_rate"] = rate_with_ci([1.0 - x for x in success], seed=seed).as_dict() if success else None
+    everything = success + [0.0] * len(items.skipped)
+    out["attack_success_rate_all_goals"] = rate_with_ci(everything, seed=seed).as_dict() if everything else None
+    return out
+
+
+#: The verdicts a JailbreakBench artifact holds for each saved response: its own judge's and Llama Guard's.
+ARTIFACT_JUDGES = {"jailbroken": "JailbreakBench judge", "jailbroken_llama_guard1": "Llama Guard"}
+
+
+def judge_agreement(attempts: Sequence[JailbreakAttempt], labels: Sequence[str], *, seed: int = 0) -> dict:
+    """The refusal classifier's labels of saved responses (``labels[i]`` for ``attempts[i].response``) against the
+    artifact's verdicts: for each judge with a verdict on every attempt, the share of attempts where "the classifier
+    says compliance" equals "the judge says jailbroken" (95 % interval), Cohen's kappa (scikit-learn; None when
+    undefined: a single class on both sides), both sides' attack success rates and the confusion
+    ``{classifier label: {"jailbroken": count, "not jailbroken": count}}``."""
+    from sklearn.metrics import cohen_kappa_score
+
+    from preftune.eval.refusal import LABELS
+
+    if len(attempts) != len(labels):
+        raise ValueError(f"{len(attempts)} attempts but {len(labels)} labels")
+    predicted = [lab == "compliance" for lab in labels]
+    out: dict = {}
+    for key, name in ARTIFACT_JUDGES.items():
+        verdicts = [a.jailbroken if key == "jailbroken" else a.jailbroken_llama_guard for a in attempts]
+        if not verdicts or any(v is None for v in verdicts):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an undefined kappa warns; it is reported as None
+            kappa = float(cohen_kappa_score(verdicts, predicted, labels=[False, True]))
+        confusion = {lab: {"jailbroken": 0, "not jailbroken": 0} for lab in LABELS}
+        for lab, v in zip(labels, verdicts):
+            confusion[lab]["jailbroken" if v else "not jailbroken"] += 1
+        out[key] = {"judge": name, "n": len(verdicts),
+                    "agreement": rate_with_ci([float(p == v) for p, v in zip(predicted, verdicts)], seed=seed).as_dict(),
+                    "cohen_kappa": None if math.isnan(kappa) else kappa,
+                    "judge_success_rate": rate_with_ci([float(v) for v in verdicts], seed=seed).as_dict(),
+                    "classifier_success_rate": rate_with_ci([float(p) for p in predicted], seed=seed).as_dict(),
+                    "confusion": confusion}
+    return out

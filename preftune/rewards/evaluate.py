@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from preftune.data.convert import ReadOptions, load_examples
+from preftune.data.convert import RULE_FORMATS, ReadOptions, load_examples
 from preftune.data.formats import PreferencePair, RuleExample
 from preftune.errors import PreftuneError
 from preftune.losses.reward import binary_ece, pairwise_accuracy, pairwise_ece
@@ -80,6 +80,7 @@ def evaluate_rules(model, examples: list[RuleExample], *, n_bins: int = 10) -> t
     report = {
         "kind": "rule_model",
         "examples": len(examples),
+        "followed": int(y.sum()),  # the labels' balance: the accuracy of always answering the majority label follows
         "accuracy": correct.mean().item(),
         "ece": binary_ece(p, y, n_bins),
         "per_rule": {rule: {"n": len(v), "accuracy": sum(v) / len(v)} for rule, v in per_rule.items()},
@@ -118,7 +119,7 @@ def evaluate_reward_model(config) -> dict:
     if meta.get("kind") == "reward_model":
         model = RewardModel.load(config.model, batch_size=config.batch_size)
         fmt = detect_file_format(config.data, config.format)
-        if fmt in ("rule", "jailbreak"):
+        if fmt in RULE_FORMATS:
             raise PreftuneError(f"{config.data} holds rule labels; a reward model is evaluated on preference data")
         loaded = load_examples(config.data, fmt, kind="preference", skip_bad_rows=config.skip_bad_rows, limit=config.limit,
                                options=ReadOptions.of(config))
@@ -131,10 +132,11 @@ def evaluate_reward_model(config) -> dict:
             report = evaluate_classes(model, examples)
         else:
             fmt = detect_file_format(config.data, config.format)
-            if fmt not in ("rule", "jailbreak"):
+            if fmt not in RULE_FORMATS:
                 raise PreftuneError(f"{config.data} is '{fmt}' data; a rule model is evaluated on rule data "
                                     "(prompt, response, rule, followed)")
-            loaded = load_examples(config.data, fmt, kind="rule", skip_bad_rows=config.skip_bad_rows, limit=config.limit)
+            loaded = load_examples(config.data, fmt, kind="rule", skip_bad_rows=config.skip_bad_rows, limit=config.limit,
+                                   options=ReadOptions.of(config))
             report, series = evaluate_rules(model, loaded.examples, n_bins=config.n_bins)
         title, xlabel = "P(rule followed) by true label", "P(followed)"
     else:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from preftune.data.convert import RULE_FORMATS
 from preftune.data.formats import PreferencePair, Ranking, RuleExample
 from preftune.data.tokenize import encode_completion, encode_prompt
 from preftune.errors import DataError, PreftuneError
@@ -231,7 +232,7 @@ class RewardStep:
 def resolve_objective(config, fmt: str) -> str:
     if config.objective != "auto":
         return config.objective
-    if fmt in ("rule", "jailbreak"):
+    if fmt in RULE_FORMATS:
         return "rule"
     if config.classes:
         return "classes"
