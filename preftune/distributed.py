@@ -124,8 +124,9 @@ def launch_command(argv: Sequence[str], accelerate_config: str | None, num_proce
 
 def relaunch(argv: Sequence[str], accelerate_config: str | None, num_processes: int | None) -> int:
     """Run ``preftune ARGV`` under ``accelerate launch`` (see :func:`launch_command`) and return its exit status."""
+    import shlex
     import subprocess
 
     command = launch_command(argv, accelerate_config, num_processes)
-    print("preftune: launching " + " ".join(command[1:]), file=sys.stderr, flush=True)
+    print("preftune: launching " + shlex.join(command), file=sys.stderr, flush=True)
     return subprocess.run(command, env={**os.environ, LAUNCHED_ENV: "1"}).returncode
