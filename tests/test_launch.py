@@ -81,52 +81,25 @@ def test_every_shipped_config_parses_with_accelerates_loader_and_launcher(name):
     assert {k: getattr(args, k) for k in settings} == settings
 
 
+def _accelerate_launch(config: str, *rest: str) -> list[str]:
+    """The expected command line: accelerate's launcher with a shipped config, then ``rest``."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / config), *rest]
+
+
 def test_the_relaunch_command_line():
     argv = ["sft", "--model", "m", "--accelerate-config", "fsdp", "--max-steps", "2", "--num-processes=4", "--lora"]
     assert without_launch_flags(argv) == ["sft", "--model", "m", "--max-steps", "2", "--lora"]
-    assert launch_command(argv, "fsdp", 4) == [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ACCELERATE_CONFIGS / "fsdp.yaml"),
-        "--num_processes",
-        "4",
-        "-m",
-        "preftune.cli",
-        "sft",
-        "--model",
-        "m",
-        "--max-steps",
-        "2",
-        "--lora",
-    ]
+    assert launch_command(argv, "fsdp", 4) == _accelerate_launch(
+        "fsdp.yaml", *"--num_processes 4 -m preftune.cli sft --model m --max-steps 2 --lora".split()
+    )
     # --num-processes alone: the ddp config
-    assert launch_command(["dpo", "--num-processes", "2", "--beta", "0.2"], None, 2) == [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ACCELERATE_CONFIGS / "ddp.yaml"),
-        "--num_processes",
-        "2",
-        "-m",
-        "preftune.cli",
-        "dpo",
-        "--beta",
-        "0.2",
-    ]
+    assert launch_command(["dpo", "--num-processes", "2", "--beta", "0.2"], None, 2) == _accelerate_launch(
+        "ddp.yaml", *"--num_processes 2 -m preftune.cli dpo --beta 0.2".split()
+    )
     # a config that sets its process count keeps it
-    assert launch_command(["grpo", "--accelerate-config", "single-gpu"], "single-gpu", None) == [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ACCELERATE_CONFIGS / "single-gpu.yaml"),
-        "-m",
-        "preftune.cli",
-        "grpo",
-    ]
+    assert launch_command(["grpo", "--accelerate-config", "single-gpu"], "single-gpu", None) == _accelerate_launch(
+        "single-gpu.yaml", "-m", "preftune.cli", "grpo"
+    )
 
 
 def test_a_config_file_path_and_bad_names(tmp_path):
@@ -175,12 +148,8 @@ def test_every_training_command_takes_the_launch_and_hub_flags():
         command = getattr(importlib.import_module(module), attr)
         extra = ["--reward", "m:f"] if name in ("ppo", "rloo", "grpo", "reinforce") else []
         config = parse_args(command, extra + flags)
-        assert (config.accelerate_config, config.num_processes, config.push_to_hub, config.hub_private) == (
-            "ddp",
-            2,
-            "me/m",
-            True,
-        )
+        launch = (config.accelerate_config, config.num_processes, config.push_to_hub, config.hub_private)
+        assert launch == ("ddp", 2, "me/m", True), name
 
 
 def test_the_cli_relaunches_once(monkeypatch, tiny_lm, tmp_path):
@@ -195,30 +164,8 @@ def test_the_cli_relaunches_once(monkeypatch, tiny_lm, tmp_path):
         monkeypatch.delenv(name, raising=False)
     argv = ["dpo", "--model", str(tiny_lm), "--output-dir", str(tmp_path), "--num-processes", "2", "--online", "--reward", "m:f"]
     assert main(argv) == 3  # the launch's exit status
-    assert seen == [
-        (
-            [
-                sys.executable,
-                "-m",
-                "accelerate.commands.launch",
-                "--config_file",
-                str(ACCELERATE_CONFIGS / "ddp.yaml"),
-                "--num_processes",
-                "2",
-                "-m",
-                "preftune.cli",
-                "dpo",
-                "--model",
-                str(tiny_lm),
-                "--output-dir",
-                str(tmp_path),
-                "--online",
-                "--reward",
-                "m:f",
-            ],
-            "1",
-        )
-    ]
+    launched_as = ["dpo", "--model", str(tiny_lm), "--output-dir", str(tmp_path), "--online", "--reward", "m:f"]
+    assert seen == [(_accelerate_launch("ddp.yaml", "--num_processes", "2", "-m", "preftune.cli", *launched_as), "1")]
     # in the launched processes the same flags are read again and ignored
     from preftune.commands.offline import DPO
     from preftune.config import parse_args
@@ -247,24 +194,11 @@ def test_a_pipeline_stage_relaunches(monkeypatch, tmp_path):
     )
     run_recipe(load_recipe(str(recipe)))
     assert seen == [
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--config_file",
-            str(ACCELERATE_CONFIGS / "zero2.yaml"),
-            "--num_processes",
-            "4",
-            "-m",
-            "preftune.cli",
-            "sft",
-            "--model",
-            "m",
-            "--max-steps",
-            "2",
-            "--output-dir",
+        _accelerate_launch(
+            "zero2.yaml",
+            *"--num_processes 4 -m preftune.cli sft --model m --max-steps 2 --output-dir".split(),
             f"{tmp_path}/runs/sft",
-        ]
+        )
     ]
 
 

@@ -45,44 +45,16 @@ def data(tmp_path):
 
 
 def _argv(command, tiny_lm, data, out):
+    model = ["--model", str(tiny_lm), "--output-dir", str(out)]
+    reward = ["--reward", f"{data.parent / 'rew.py'}:vowels", "--max-new-tokens", "4", "--batch-size", "2"]
     if command == "grpo":
-        return [
-            "grpo",
-            "--model",
-            str(tiny_lm),
-            "--reward",
-            f"{data.parent / 'rew.py'}:vowels",
-            "--prompts",
-            str(data),
-            "--max-new-tokens",
-            "4",
-            "--batch-size",
-            "2",
-            "--num-samples",
-            "2",
-            "--steps",
-            "1",
-            "--sample-every",
-            "0",
-            "--output-dir",
-            str(out),
-        ]
-    return [
-        command,
-        "--model",
-        str(tiny_lm),
-        "--data",
-        str(data),
-        "--output-dir",
-        str(out),
-        "--batch-size",
-        "2",
-        "--max-steps",
-        "1",
-    ]
+        return ["grpo", *model, *reward, "--prompts", str(data), "--num-samples", "2", "--steps", "1", "--sample-every", "0"]
+    if command == "dpo --online":
+        return ["dpo", *model, *reward, "--online", "--data", str(data), "--max-steps", "1"]
+    return [command, *model, "--data", str(data), "--batch-size", "2", "--max-steps", "1"]
 
 
-@pytest.mark.parametrize("command", ["sft", "reward", "grpo"])
+@pytest.mark.parametrize("command", ["sft", "reward", "grpo", "dpo --online"])
 def test_the_final_folder_is_uploaded_after_it_is_saved(hub, tiny_lm, data, tmp_path, command):
     from preftune.cli import main
 
