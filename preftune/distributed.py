@@ -61,9 +61,15 @@ def launched() -> bool:
 
 def launch_requested(config: object) -> bool:
     """Whether a command's config asks for a launch (``--accelerate-config`` or ``--num-processes``) that has not
-    happened yet: in the launched processes the same options are read again and ignored."""
-    asked = getattr(config, "accelerate_config", None) or getattr(config, "num_processes", None)
-    return bool(asked) and not launched()
+    happened yet: in the launched processes the same options are read again and ignored (a process count that
+disagrees with the launch is an error rather than silently ignored)."""
+    count = getattr(config, "num_processes", None)
+    if launched():
+        if count is not None and count != world_size():
+            raise PreftuneError(f"--num-processes {count}: this process is already one of {world_size()} launched "
+                                "processes (the launcher's environment); drop --num-processes, or launch that many")
+        return False
+    return bool(getattr(config, "accelerate_config", None) or count)
 
 
 def accelerate_config_names() -> list[str]:

@@ -171,11 +171,18 @@ def test_the_cli_relaunches_once(monkeypatch, tiny_lm, tmp_path):
     from preftune.config import parse_args
 
     config = parse_args(DPO, argv[1:])
+    monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("PREFTUNE_LAUNCHED", "1")
     assert launch_requested(config) is False
-    monkeypatch.delenv("PREFTUNE_LAUNCHED")
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("PREFTUNE_LAUNCHED")  # torchrun's or accelerate's own launch
     assert launch_requested(config) is False
+    monkeypatch.setenv("WORLD_SIZE", "4")  # launched otherwise, as another count: said, not ignored
+    with pytest.raises(PreftuneError) as err:
+        launch_requested(config)
+    assert str(err.value) == (
+        "--num-processes 2: this process is already one of 4 launched processes (the launcher's "
+        "environment); drop --num-processes, or launch that many"
+    )
     monkeypatch.delenv("WORLD_SIZE")
     assert launch_requested(config) is True
 
