@@ -117,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         config = parse_args(command, rest)
+        from preftune.distributed import launch_requested, relaunch
+
+        if launch_requested(config):  # --accelerate-config / --num-processes: the same command under accelerate launch
+            return relaunch(argv, config.accelerate_config, config.num_processes)
         return int(command.run(config) or 0)
     except PreftuneError as err:
         print(f"preftune {name}: error: {err}", file=sys.stderr)

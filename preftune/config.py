@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from preftune.errors import ConfigError
 
@@ -41,6 +41,28 @@ class BaseConfig(BaseModel):
     """Base of every command's config: unknown keys are rejected, defaults are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=())
+
+
+class LaunchOptions(BaseModel):
+    """Every training command's options for where it runs (a launch through accelerate) and where its model goes."""
+
+    accelerate_config: str | None = Field(
+        None, description="run under `accelerate launch` with this config: a shipped one (single-gpu, ddp, fsdp, fsdp-offload, "
+                          "zero2, zero3, multi-node; docs/scaling.md) or a config file; ignored when already launched")
+    num_processes: int | None = Field(
+        None, ge=1, description="run as N processes under `accelerate launch` (with --accelerate-config, or else its ddp "
+                                "config: GPUs, or CPU processes joined with gloo); on several machines, all of them together")
+    push_to_hub: str | None = Field(
+        None, description="after training, upload final/ (model and model card) to this Hugging Face Hub repo (user/name); "
+                          "the token comes from HF_TOKEN or `hf auth login`")
+    hub_private: bool = Field(False, description="--push-to-hub: create the repo private")
+
+
+def with_launch_options(config_cls: type[BaseModel]) -> type[BaseModel]:
+    """A training command's config class with :class:`LaunchOptions`' fields added after its own (last in ``--help``)."""
+    fields = {name: (info.annotation, info) for name, info in LaunchOptions.model_fields.items()}
+    return create_model(config_cls.__name__, __base__=config_cls, __module__=config_cls.__module__,
+                        __doc__=config_cls.__doc__, **fields)
 
 
 @dataclass

@@ -44,6 +44,7 @@ import yaml
 from pydantic import Field
 
 from preftune.config import BaseConfig, Command, build_config
+from preftune.distributed import launch_requested, relaunch
 from preftune.errors import PreftuneError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -292,7 +293,10 @@ def run_recipe(recipe: Recipe, *, output_dir: str | None = None, variables: dict
             done.pop(later, None)
         _write_state(state_path, state)
         start = time.time()
-        code = int(stage.command.run(stage.config) or 0)
+        if launch_requested(stage.config):  # the stage's --accelerate-config / --num-processes
+            code = relaunch(shlex.split(stage.command_line)[1:], stage.config.accelerate_config, stage.config.num_processes)
+        else:
+            code = int(stage.command.run(stage.config) or 0)
         seconds = time.time() - start
         if code != 0:
             done[stage.name].update(status="failed", exit_code=code, seconds=seconds)

@@ -136,6 +136,30 @@ class RunDir:
                 close()
 
 
+def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = False) -> str:
+    """``--push-to-hub``: upload a saved model folder (``final/``: weights, tokenizer, model card) to the Hugging Face Hub
+    repo ``repo_id``, created when missing; returns the repo's URL. The token is huggingface_hub's usual one (HF_TOKEN,
+    or ``hf auth login``'s). A failure (no token, no network, no right to the repo) is a :class:`PreftuneError` that
+    says the model is safe on disk and how to upload it later."""
+    from huggingface_hub import HfApi, get_token
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PreftuneError(f"--push-to-hub {repo_id}: {folder} does not exist; nothing to upload")
+    if get_token() is None:
+        raise PreftuneError(f"--push-to-hub {repo_id}: no Hugging Face token (set HF_TOKEN or run `hf auth login`); the "
+                            f"model is saved in {folder}; upload it later with `hf upload {repo_id} {folder}`")
+    api = HfApi()
+    try:
+        url = str(api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model"))
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                          commit_message=f"preftune: upload {folder.parent.name}")
+    except Exception as err:  # huggingface_hub's HTTP, token, offline-mode and connection errors alike
+        raise PreftuneError(f"--push-to-hub {repo_id}: the upload failed ({type(err).__name__}: {err}); the model is saved "
+                            f"in {folder}; upload it later with `hf upload {repo_id} {folder}`") from err
+    return url
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     """Rows of a metrics.jsonl file (a run folder or the file itself)."""
     path = Path(path)

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from preftune.config import CHAT_TEMPLATE_HELP, DECODE_DTYPE_HELP, BaseConfig, Command
+from preftune.config import CHAT_TEMPLATE_HELP, DECODE_DTYPE_HELP, BaseConfig, Command, with_launch_options
 from preftune.data.convert import FORMATS, ReadOptions, with_read_options
 from preftune.errors import PreftuneError
 from preftune.losses.preference import ALIASES, LOSSES, SOFT_LABEL_LOSSES
@@ -16,6 +16,7 @@ from preftune.losses.preference import ALIASES, LOSSES, SOFT_LABEL_LOSSES
 LossName = Literal[tuple(LOSSES) + tuple(ALIASES)]  # type: ignore[valid-type]
 
 
+@with_launch_options
 @with_read_options
 class OfflineConfig(BaseConfig):
     """Options shared by every offline trainer."""
@@ -196,6 +197,7 @@ def _model(config: OfflineConfig):
 def _finish(run, result, tokenizer, config: OfflineConfig, eval_metrics: dict | None, *, method: str, paper: str,
             data: dict) -> int:
     from preftune.models.lora import save_final
+    from preftune.runs import push_to_hub
 
     if eval_metrics:
         row = {f"eval/{k}": v for k, v in eval_metrics.items()}
@@ -208,6 +210,8 @@ def _finish(run, result, tokenizer, config: OfflineConfig, eval_metrics: dict | 
         run.write_model_card(method=method, paper=paper, base_model=config.model, data=data)
         _say(f"saved the final {'merged model' if config.merge else 'adapter' if config.lora else 'model'} to {path}")
     run.close()
+    if config.push_to_hub and result.accelerator.is_main_process:
+        _say(f"pushed {run.final_dir} to {push_to_hub(run.final_dir, config.push_to_hub, private=config.hub_private)}")
     return 0
 
 

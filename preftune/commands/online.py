@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from preftune.config import CHAT_TEMPLATE_HELP, DECODE_DTYPE_HELP, BaseConfig, Command
+from preftune.config import CHAT_TEMPLATE_HELP, DECODE_DTYPE_HELP, BaseConfig, Command, with_launch_options
 from preftune.errors import PreftuneError
 
 
@@ -46,6 +46,7 @@ class _Common(BaseConfig):
     device: str = Field("auto")
 
 
+@with_launch_options
 class OnlineConfig(_Common):
     """Options shared by PPO and the critic-free methods."""
 
@@ -285,6 +286,10 @@ def _run_online(config: OnlineConfig, algorithm, reward_fn=None) -> int:
     _say(f"{algorithm.name}: reward {last.get('reward_mean', float('nan')):.4f}, KL {last.get('kl', float('nan')):.4f}; "
          f"saved the policy to {path}")
     run.close()
+    if config.push_to_hub:
+        from preftune.runs import push_to_hub
+
+        _say(f"pushed {path} to {push_to_hub(path, config.push_to_hub, private=config.hub_private)}")
     return 0
 
 
@@ -348,7 +353,7 @@ def run_online_dpo(config) -> int:
         # the loop computes reference log-probs whenever its KL coefficient is non-zero: β is DPO's KL weight
         kl_coef=algo.beta, lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout, save_every=config.save_every, resume=config.resume,
-        report_to=config.report_to)
+        report_to=config.report_to, push_to_hub=config.push_to_hub, hub_private=config.hub_private)
     reward_fn = None
     if config.feedback_model:
         from preftune.cai.constitution import load_constitution

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from preftune.config import CHAT_TEMPLATE_HELP, BaseConfig, Command
+from preftune.config import CHAT_TEMPLATE_HELP, BaseConfig, Command, with_launch_options
 from preftune.data.convert import FORMATS, RULE_FORMATS, ReadOptions, detect_file_format, load_examples, with_read_options
 from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, UnpairedExample
 from preftune.errors import PreftuneError
@@ -27,6 +27,7 @@ _KIND_OF_FORMAT = {"sft": "sft", "preference": "preference", "hh": "preference",
 # preftune reward
 
 
+@with_launch_options
 @with_read_options
 class RewardTrainConfig(BaseConfig):
     data: str = Field("starter:train", description="training data: pairs, rankings, corrections (any preference format), "
@@ -74,10 +75,16 @@ class RewardTrainConfig(BaseConfig):
 
 
 def run_train(config: RewardTrainConfig) -> int:
+    from preftune.distributed import is_main_process
     from preftune.train.reward import train_reward
 
     result = train_reward(config)
     print(json.dumps(result, indent=2))
+    if config.push_to_hub and is_main_process():  # after the model and its card are saved
+        from preftune.runs import push_to_hub
+
+        url = push_to_hub(result["final"], config.push_to_hub, private=config.hub_private)
+        print(f"pushed {result['final']} to {url}", file=sys.stderr)
     return 0
 
 

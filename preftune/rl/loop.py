@@ -486,14 +486,3 @@ class OnlineTrainer:
             f.write(f"\n### step {step}\n\n| prompt | response | reward |\n|---|---|---|\n")
             for row in rows:
                 f.write(f"| {cell(row['prompt'])} | {cell(row['response'])} | {row['reward']:.4f} |\n")
-
-    def save_final(self) -> None:
-        """The policy in Hugging Face format under ``final/`` (and the value head beside it)."""
-        from safetensors.torch import save_file
-
-        out = self.run.final_dir
-        out.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(out)
-        self.tok.save_pretrained(out)
-        if self.value_head is not None:
-            save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, str(out / "value_head.safetensors"))
