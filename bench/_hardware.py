@@ -192,11 +192,11 @@ def peak_record(threads: int | None = None, *, device: str = "cpu", sizes=None, 
 
     sizes = sizes or (CUDA_SIZES if device.startswith("cuda") else CPU_SIZES)
     fp32 = matmul_rates(torch.float32, threads=threads, sizes=sizes, repeats=repeats, device=device)
-    out = {"fp32": max(fp32.values()), "fp32_by_size": {str(n): round(r, 1) for n, r in fp32.items()},
+    out = {"fp32": round(max(fp32.values()), 1), "fp32_by_size": {str(n): round(r, 1) for n, r in fp32.items()},
            "bf16": None, "bf16_by_size": None, "bf16_skipped": None}
     try:
         bf16 = matmul_rates(torch.bfloat16, threads=threads, sizes=sizes, repeats=repeats, device=device)
-        out |= {"bf16": max(bf16.values()), "bf16_by_size": {str(n): round(r, 1) for n, r in bf16.items()}}
+        out |= {"bf16": round(max(bf16.values()), 1), "bf16_by_size": {str(n): round(r, 1) for n, r in bf16.items()}}
     except ValueError as e:
         out["bf16_skipped"] = str(e)
     out["method"] = (f"torch.matmul of random n x n matrices, n in {list(sizes)}, 2*n^3 FLOPs each, one warm-up "
