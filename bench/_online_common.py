@@ -198,6 +198,15 @@ def preftune_timings(ours: dict) -> dict:
             "generate_seconds": [x["generate_s"] for x in t], "train_seconds": [x["train_s"] for x in t]}
 
 
+def trl_timings(theirs: dict) -> dict | None:
+    """The per-step figures share_of_peak reads, from a TRL side's result (``timings_s`` {"step", "generate"} and ``step_lengths``); None unless every step has one
+    generation call with its token counts (then TRL's side gets no share rather than a guessed one)."""
+    t, lengths = theirs["timings_s"], theirs["step_lengths"]
+    if not (len(t["step"]) == len(t["generate"]) == len(lengths)) or None in lengths:
+        return None
+    return {"step_lengths": lengths, "step_seconds": t["step"], "generate_seconds": t["generate"]}
+
+
 def compare_share(ours: dict, theirs: dict | None, name: str = "") -> dict:
     """Flat keys of the two sides' shares: ``preftune_{name}_mfu_update``, ``trl_{name}_mfu_after_generation``, ...
     (and ``*_achieved_gflops_*``) for every measure a side has."""

@@ -44,7 +44,7 @@ import torch  # noqa: E402
 
 from _hardware import ModelShape, hardware_record  # noqa: E402
 from _online_common import (QUESTIONS, StepTimer, compare, compare_share, polite_reward, preftune_samples_per_s,  # noqa: E402
-                            preftune_timings, share_of_peak, steady_state)
+                            preftune_timings, share_of_peak, steady_state, trl_timings)
 
 
 def trl_samples_per_s(kind: str, *, num_prompts: int, num_samples: int, max_new_tokens: int, steps: int, beta: float,
@@ -79,15 +79,6 @@ def trl_samples_per_s(kind: str, *, num_prompts: int, num_samples: int, max_new_
             **steady_state(timer.step_s, num_prompts * num_samples), "step_s": [round(t, 2) for t in timer.step_s],
             "generate_s": [round(t, 2) for t in timer.generate_s], "step_lengths": timer.lengths,
             "timings_s": {"step": timer.step_s, "generate": timer.generate_s}}
-
-
-def trl_timings(theirs: dict) -> dict | None:
-    """The per-step figures share_of_peak reads, from trl_samples_per_s's result; None unless every step has one
-    generation call with its token counts (then TRL's side gets no share rather than a guessed one)."""
-    t, lengths = theirs["timings_s"], theirs["step_lengths"]
-    if not (len(t["step"]) == len(t["generate"]) == len(lengths)) or None in lengths:
-        return None
-    return {"step_lengths": lengths, "step_seconds": t["step"], "generate_seconds": t["generate"]}
 
 
 def method_share(ours: dict, theirs: dict, shape, peak: float | None, beta: float) -> dict:
