@@ -152,3 +152,117 @@ def test_rates():
     assert hw.rates(3e9, 2.0, 3.0) == {"model_gflop": 3.0, "seconds": 2.0, "achieved_gflops": 1.5, "mfu": 0.5}
     assert hw.rates(3e9, 2.0, None)["mfu"] is None
     assert hw.rates(3e9, 0.0, 3.0)["achieved_gflops"] is None
+
+
+# ------------------------------------------------------------------ the benches' summaries, on captured side results
+
+HARDWARE = {"cpu": {"model_name": "AMD EPYC", "flags": ["avx2", "avx512_bf16", "avx512f"]},
+            "peak_gflops": {"fp32": 4.0, "bf16": 8.0}}
+
+
+def test_dpo_summary_charges_both_sides_the_same_flops():
+    import dpo_vs_trl
+
+    # two pairs of (prompt 4, chosen 3, rejected 2): per pair 4 x 342,464 (training 3x, reference 1x) = 1,369,856;
+    # two pairs 2,739,712 FLOPs; preftune in 2.739712 ms is 1.0 GFLOP/s (a quarter of the 4.0 peak), TRL twice as slow
+    out = dpo_vs_trl.share_of_peak({"seconds": 2.739712e-3}, {"seconds": 5.479424e-3}, HARDWARE, TINY,
+                                   [(4, 3, 2), (4, 3, 2)], pairs_trained=2, max_length=8)
+    assert out["model_flops"]["gflop"] == 0.003
+    assert (out["preftune_achieved_gflops_whole_run"], out["preftune_mfu_whole_run"]) == (1.0, 0.25)
+    assert (out["trl_achieved_gflops_whole_run"], out["trl_mfu_whole_run"]) == (0.5, 0.125)
+    assert out["tokens"] | {"source": None} == {"pairs": 2, "pairs_trained": 2, "prompt": 8, "chosen": 6, "rejected": 4,
+                                                "pairs_over_max_length": 0, "source": None}
+    assert out["cpu"] == HARDWARE["cpu"] and out["peak_gflops"] == HARDWARE["peak_gflops"]
+    # a 4-token limit: 4 + max(3, 2) = 7 tokens is over it, for both pairs
+    assert dpo_vs_trl.share_of_peak({"seconds": 1.0}, {"seconds": 1.0}, HARDWARE, TINY, [(4, 3, 2)] * 2, 2,
+                                    4)["tokens"]["pairs_over_max_length"] == 2
+
+
+def test_reward_summary_is_training_only():
+    import reward_vs_trl
+
+    # per pair 3 x 342,464 = 1,027,392; two pairs 2,054,784 FLOPs over each side's training seconds
+    out = reward_vs_trl.share_of_peak({"preftune_train_seconds": 2.054784e-3, "trl_train_seconds": 4.109568e-3},
+                                      HARDWARE, TINY, [(4, 3, 2), (4, 3, 2)])
+    assert (out["preftune_achieved_gflops"], out["preftune_mfu"]) == (1.0, 0.25)
+    assert (out["trl_achieved_gflops"], out["trl_mfu"]) == (0.5, 0.125)
+    # one side only (--only preftune): no TRL keys
+    assert "trl_mfu" not in reward_vs_trl.share_of_peak({"preftune_train_seconds": 1.0}, HARDWARE, TINY, [(4, 3, 2)])
+
+
+def _online_side(train=True):
+    side = {"step_lengths": [{"prompt": [50], "completion": [50]}, {"prompt": [3], "completion": [4]}],
+            "step_seconds": [9.0, 0.002], "generate_seconds": [5.0, 0.001]}
+    if train:
+        side["train_seconds"] = [3.0, 0.0005]
+    return side
+
+
+def test_online_share_counts_steps_after_the_first():
+    from _online_common import compare_share, share_of_peak
+
+    # step 2 only: prompt 3 + response 4. Generation 151,552; the 7-token sequence's forward 2N*7 + 2*2*32*49 =
+    # 266,560 (the reference pass); training 3 x 266,560 = 799,680
+    share = share_of_peak(_online_side(), TINY, 2.0, reference_pass=True, reward_model=False)
+    assert share["measures"] == "steps 2..n" and share["tokens"] == {"prompt": 3, "completion": 4, "steps": 1}
+    assert share["whole_step"]["achieved_gflops"] == 0.609  # (151,552 + 266,560 + 799,680) / 2 ms
+    assert share["after_generation"]["achieved_gflops"] == 1.066  # (266,560 + 799,680) / 1 ms
+    assert share["generation"]["achieved_gflops"] == 0.152  # 151,552 / 1 ms
+    assert (share["update"]["achieved_gflops"], share["update"]["mfu"]) == (1.599, 0.7997)  # 799,680 / 0.5 ms
+    # a reward model's forward is counted like the reference's; no reference pass when beta = 0
+    both = share_of_peak(_online_side(), TINY, 2.0, reference_pass=True, reward_model=True)
+    assert both["after_generation"]["model_gflop"] == round((2 * 266_560 + 799_680) / 1e9, 3)
+    none = share_of_peak(_online_side(False), TINY, 2.0, reference_pass=False, reward_model=False)
+    assert none["after_generation"]["achieved_gflops"] == 0.8 and "update" not in none  # 799,680 / 1 ms
+
+    keys = compare_share(share, none, "rloo")
+    assert keys["preftune_rloo_mfu_update"] == 0.7997 and "trl_rloo_mfu_update" not in keys
+    assert keys["trl_rloo_achieved_gflops_after_generation"] == 0.8
+    assert set(compare_share(share, None)) == {f"preftune_{k}_{m}" for k in ("achieved_gflops", "mfu")
+                                               for m in ("update", "after_generation", "whole_step", "generation")}
+
+
+def test_online_share_with_one_step_uses_it():
+    from _online_common import share_of_peak
+
+    side = {"step_lengths": [{"prompt": [3], "completion": [4]}], "step_seconds": [0.002], "generate_seconds": [0.001]}
+    share = share_of_peak(side, TINY, 2.0, reference_pass=True, reward_model=False)
+    assert share["measures"] == "all steps" and share["whole_step"]["achieved_gflops"] == 0.609
+
+
+def test_trl_timings_refuse_misaligned_steps():
+    from _online_common import generated_lengths, trl_timings
+
+    good = {"timings_s": {"step": [1.0, 2.0], "generate": [0.5, 0.6]},
+            "step_lengths": [{"prompt": [3], "completion": [4]}, {"prompt": [3], "completion": [5]}]}
+    assert trl_timings(good) == {"step_lengths": good["step_lengths"], "step_seconds": [1.0, 2.0],
+                                 "generate_seconds": [0.5, 0.6]}
+    assert trl_timings(good | {"timings_s": {"step": [1.0, 2.0], "generate": [0.5]}}) is None  # two steps, one call
+    assert trl_timings(good | {"step_lengths": [None, good["step_lengths"][1]]}) is None
+    # TRL 1.x _generate: (prompt_ids, completion_ids, ...) as unpadded id lists
+    assert generated_lengths(([[1, 2, 3], [1, 2]], [[7, 2], [7, 8, 9, 2]], None)) == {"prompt": [3, 2], "completion": [2, 4]}
+    assert generated_lengths(None) is None
+
+
+def test_ppo_lengths_strip_left_padding_and_cut_after_eos():
+    from ppo_vs_trl import ppo_lengths
+
+    pad, eos = 0, 2
+    queries = torch.tensor([[0, 0, 5, 6], [7, 0, 5, 6]])  # row 2: a pad id inside the prompt is not padding
+    responses = torch.tensor([[9, 2, 0, 0], [9, 9, 9, 9]])
+    assert ppo_lengths(queries, torch.cat([queries, responses], 1), pad, eos) == {"prompt": [2, 4],
+                                                                                  "completion": [2, 4]}
+
+
+def test_generation_share_and_its_peak():
+    from generation_vs_hf import generation_share, peak_of
+
+    # two rows after prompts of 3: 4 new tokens (151,552) and none (0), in 1 ms: 0.152 GFLOP/s
+    assert generation_share(TINY, [3, 3], [[5, 6, 7, 2], []], 1e-3, 2.0) == {
+        "model_gflop": 0.0, "seconds": 0.001, "achieved_gflops": 0.152, "mfu": 0.0758}
+    peaks = {"fp32": 100.0, "bf16": 400.0}
+    assert peak_of("torch.bfloat16", peaks) == ("bf16", 400.0)
+    assert peak_of("torch.float32", peaks) == ("fp32", 100.0)
+    assert peak_of("torch.bfloat16", {"fp32": 100.0, "bf16": None}) == ("bf16", None)
+    with pytest.raises(ValueError):  # every row needs its prompt
+        generation_share(TINY, [3], [[5], [6]], 1.0, 2.0)
