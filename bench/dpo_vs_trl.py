@@ -15,7 +15,9 @@ the sides run ("cpu", "peak_gflops"), tokenises the pairs once with preftune's t
 both sides the same model FLOPs (bench/_hardware.py): policy training 6·N per token plus the reference forward
 2·N per token (with the attention term), each pair's prompt once. A side's time is not split between its
 reference pass and its training here, so the keys are "preftune_mfu_whole_run" / "trl_mfu_whole_run" (and
-"*_achieved_gflops_whole_run") over the same wall time as the pairs/s. ``--model DIR`` runs both sides on another
+"*_achieved_gflops_whole_run") over the same wall time as the pairs/s. preftune's reference log-probs are computed
+before its training loop, so its update alone is timed too ("preftune_mfu_update": 6·N per token over the loop's
+seconds); TRL's reference forward runs inside its steps, so it has no update-alone figure. ``--model DIR`` runs both sides on another
 model (a tiny one checks the wiring).
 """
 
@@ -86,6 +88,10 @@ def share_of_peak(p: dict, t: dict, hardware: dict, shape, lengths, pairs_traine
     for name, side in (("preftune", p), ("trl", t)):
         r = rates(flops, side["seconds"], peak)
         out[f"{name}_achieved_gflops_whole_run"], out[f"{name}_mfu_whole_run"] = r["achieved_gflops"], r["mfu"]
+    if p.get("train_loop_seconds"):  # preftune's reference pass runs before its loop: the update alone is timed
+        r = rates(flops * 3 / 4, p["train_loop_seconds"], peak)  # training alone: 3 of the 4 pair forwards
+        out["preftune_achieved_gflops_update"], out["preftune_mfu_update"] = r["achieved_gflops"], r["mfu"]
+        out["model_flops"]["update_gflop"] = r["model_gflop"]
     return out
 
 
@@ -101,6 +107,18 @@ def side_preftune(args) -> dict:
     from preftune.models.loading import load_model
 
     load_model(args.model)  # convert / warm the cache outside the timed region, as TRL's side loads before timing
+    import preftune.train.loop as loop
+
+    inner, loop_seconds = loop.train, []
+
+    def timed_train(*a, **kw):  # the training loop alone (run_dpo imports train when it runs, so this is what it calls)
+        t0 = time.perf_counter()
+        try:
+            return inner(*a, **kw)
+        finally:
+            loop_seconds.append(time.perf_counter() - t0)
+
+    loop.train = timed_train
     out = Path(args.workdir) / "preftune-run"
     steps = args.pairs // args.batch_size
     model = ["--model", args.model] if args.model else []
@@ -114,7 +132,7 @@ def side_preftune(args) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     step1 = next(r for r in rows if r["step"] == 1 and "loss" in r)
     return {"pairs_per_s": args.pairs / seconds, "seconds": seconds, "step1_loss": step1["loss"],
-            "peak_rss_gb": peak_rss_gb(), "steps": steps}
+            "peak_rss_gb": peak_rss_gb(), "steps": steps, "train_loop_seconds": sum(loop_seconds)}
 
 
 def side_trl(args) -> dict:

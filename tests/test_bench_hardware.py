@@ -173,6 +173,12 @@ def test_dpo_summary_charges_both_sides_the_same_flops():
     assert out["tokens"] | {"source": None} == {"pairs": 2, "pairs_trained": 2, "prompt": 8, "chosen": 6, "rejected": 4,
                                                 "pairs_over_max_length": 0, "source": None}
     assert out["cpu"] == HARDWARE["cpu"] and out["peak_gflops"] == HARDWARE["peak_gflops"]
+    assert "preftune_mfu_update" not in out  # no loop time captured
+    # preftune's training loop alone: 3 of the 4 forwards (2,054,784 FLOPs) in 1.027392 ms is 2.0 GFLOP/s
+    timed = dpo_vs_trl.share_of_peak({"seconds": 2.739712e-3, "train_loop_seconds": 1.027392e-3},
+                                     {"seconds": 5.479424e-3}, HARDWARE, TINY, [(4, 3, 2), (4, 3, 2)], 2, 8)
+    assert (timed["preftune_achieved_gflops_update"], timed["preftune_mfu_update"]) == (2.0, 0.5)
+    assert "trl_mfu_update" not in timed
     # a 4-token limit: 4 + max(3, 2) = 7 tokens is over it, for both pairs
     assert dpo_vs_trl.share_of_peak({"seconds": 1.0}, {"seconds": 1.0}, HARDWARE, TINY, [(4, 3, 2)] * 2, 2,
                                     4)["tokens"]["pairs_over_max_length"] == 2
