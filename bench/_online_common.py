@@ -199,8 +199,9 @@ def preftune_timings(ours: dict) -> dict:
 
 
 def trl_timings(theirs: dict) -> dict | None:
-    """The per-step figures share_of_peak reads, from a TRL side's result (``timings_s`` {"step", "generate"} and ``step_lengths``); None unless every step has one
-    generation call with its token counts (then TRL's side gets no share rather than a guessed one)."""
+    """The per-step figures :func:`share_of_peak` reads, from a TRL side's result (``timings_s`` {"step",
+    "generate"} and ``step_lengths``); None unless every step has one generation call with its token counts (then
+    TRL's side gets no share rather than a guessed one)."""
     t, lengths = theirs["timings_s"], theirs["step_lengths"]
     if not (len(t["step"]) == len(t["generate"]) == len(lengths)) or None in lengths:
         return None
