@@ -9,6 +9,16 @@ is its own); the throughput is pairs / wall time of everything after the model i
 reference log-probs, training, saving for preftune; dataset preparation and train() for TRL).
 Writes {"preftune_pairs_per_s", "trl_pairs_per_s", "ratio", "preftune_peak_rss_gb", "trl_peak_rss_gb",
 "step1_loss_abs_diff", ...}.
+
+Share of the peak (issue 18): the parent records the CPU and probes the fp32 (and native bf16) matmul peak before
+the sides run ("cpu", "peak_gflops"), tokenises the pairs once with preftune's tokenizer ("tokens"), and charges
+both sides the same model FLOPs (bench/_hardware.py): policy training 6·N per token plus the reference forward
+2·N per token (with the attention term), each pair's prompt once. A side's time is not split between its
+reference pass and its training here, so the keys are "preftune_mfu_whole_run" / "trl_mfu_whole_run" (and
+"*_achieved_gflops_whole_run") over the same wall time as the pairs/s. preftune's reference log-probs are computed
+before its training loop, so its update alone is timed too ("preftune_mfu_update": 6·N per token over the loop's
+seconds); TRL's reference forward runs inside its steps, so it has no update-alone figure. ``--model DIR`` runs both sides on another
+model (a tiny one checks the wiring).
 """
 
 from __future__ import annotations
@@ -24,10 +34,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
 HH = REPO.parent / "shared" / "data" / "hh_harmless" / "pairs.jsonl.gz"
 
 
-def write_pairs(n: int, out: Path) -> int:
+def write_pairs(n: int, out: Path) -> list:
     sys.path.insert(0, str(REPO))
     from preftune.data.convert import load_examples
 
@@ -36,7 +47,52 @@ def write_pairs(n: int, out: Path) -> int:
         for p in pairs:
             f.write(json.dumps({"prompt": p.prompt, "chosen": [{"role": "assistant", "content": p.chosen}],
                                 "rejected": [{"role": "assistant", "content": p.rejected}]}) + "\n")
-    return len(pairs)
+    return pairs
+
+
+def pair_lengths(pairs, tokenizer) -> list[tuple[int, int, int]]:
+    """(prompt, chosen, rejected) token counts of each pair: the chat-templated prompt (encode_prompt) and each
+    completion with its one EOS (encode_completion), as preftune tokenises them; the count both sides are charged."""
+    from preftune.data.tokenize import encode_completion, encode_prompt
+
+    return [(len(encode_prompt(tokenizer, p.prompt)), len(encode_completion(tokenizer, p.chosen)),
+             len(encode_completion(tokenizer, p.rejected))) for p in pairs]
+
+
+def model_flops(shape, lengths: list[tuple[int, int, int]], pairs_trained: int) -> float:
+    """DPO's model FLOPs for ``pairs_trained`` pairs (one epoch): per pair the policy's training (3 × the pair's
+    forward) and the reference model's forward (1 ×): 4 × pair_forward_flops, the mean pair of ``lengths``."""
+    from _hardware import pair_forward_flops
+
+    per_pair = sum(4 * pair_forward_flops(shape, p, c, r) for p, c, r in lengths) / len(lengths)
+    return per_pair * pairs_trained
+
+
+def share_of_peak(p: dict, t: dict, hardware: dict, shape, lengths, pairs_trained: int, max_length: int) -> dict:
+    """The issue-18 keys of the summary: the machine, the token counts and each side's achieved GFLOP/s and share of
+    the fp32 peak over its whole timed run (the same model FLOPs for both)."""
+    from _hardware import FORMULA, rates
+
+    flops = model_flops(shape, lengths, pairs_trained)
+    peak = hardware["peak_gflops"]["fp32"]
+    out = {"cpu": hardware["cpu"], "peak_gflops": hardware["peak_gflops"], "model_shape": vars(shape),
+           "tokens": {"pairs": len(lengths), "pairs_trained": pairs_trained,
+                      "prompt": sum(x[0] for x in lengths), "chosen": sum(x[1] for x in lengths),
+                      "rejected": sum(x[2] for x in lengths),
+                      "pairs_over_max_length": sum(x[0] + max(x[1], x[2]) > max_length for x in lengths),
+                      "source": "the bench's pairs tokenised once in the parent with preftune's tokenizer "
+                                "(encode_prompt, encode_completion); both sides train on the same pairs"},
+           "model_flops": {"gflop": round(flops / 1e9, 3),
+                           "counted": "policy training (6N per token) + reference forward (2N per token), attention "
+                                      "term included, each pair's prompt once; " + FORMULA}}
+    for name, side in (("preftune", p), ("trl", t)):
+        r = rates(flops, side["seconds"], peak)
+        out[f"{name}_achieved_gflops_whole_run"], out[f"{name}_mfu_whole_run"] = r["achieved_gflops"], r["mfu"]
+    if p.get("train_loop_seconds"):  # preftune's reference pass runs before its loop: the update alone is timed
+        r = rates(flops * 3 / 4, p["train_loop_seconds"], peak)  # training alone: 3 of the 4 pair forwards
+        out["preftune_achieved_gflops_update"], out["preftune_mfu_update"] = r["achieved_gflops"], r["mfu"]
+        out["model_flops"]["update_gflop"] = r["model_gflop"]
+    return out
 
 
 def peak_rss_gb() -> float:
@@ -50,11 +106,24 @@ def side_preftune(args) -> dict:
     from preftune.cli import main
     from preftune.models.loading import load_model
 
-    load_model()  # convert / warm the cache outside the timed region, as TRL's side loads before timing
+    load_model(args.model)  # convert / warm the cache outside the timed region, as TRL's side loads before timing
+    import preftune.train.loop as loop
+
+    inner, loop_seconds = loop.train, []
+
+    def timed_train(*a, **kw):  # the training loop alone (run_dpo imports train when it runs, so this is what it calls)
+        t0 = time.perf_counter()
+        try:
+            return inner(*a, **kw)
+        finally:
+            loop_seconds.append(time.perf_counter() - t0)
+
+    loop.train = timed_train
     out = Path(args.workdir) / "preftune-run"
     steps = args.pairs // args.batch_size
+    model = ["--model", args.model] if args.model else []
     start = time.perf_counter()
-    code = main(["dpo", "--data", args.data, "--output-dir", str(out), "--max-length", str(args.max_length),
+    code = main(["dpo", *model, "--data", args.data, "--output-dir", str(out), "--max-length", str(args.max_length),
                  "--batch-size", str(args.batch_size), "--max-steps", str(steps), "--learning-rate", "1e-6",
                  "--warmup", "0", "--lr-scheduler", "constant", "--beta", "0.1", "--loss", "sigmoid", "--seed", "0"])
     seconds = time.perf_counter() - start
@@ -63,7 +132,7 @@ def side_preftune(args) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     step1 = next(r for r in rows if r["step"] == 1 and "loss" in r)
     return {"pairs_per_s": args.pairs / seconds, "seconds": seconds, "step1_loss": step1["loss"],
-            "peak_rss_gb": peak_rss_gb(), "steps": steps}
+            "peak_rss_gb": peak_rss_gb(), "steps": steps, "train_loop_seconds": sum(loop_seconds)}
 
 
 def side_trl(args) -> dict:
@@ -75,7 +144,7 @@ def side_trl(args) -> dict:
 
     from preftune.models.loading import load_model, load_tokenizer
 
-    model, tok = load_model(), load_tokenizer()
+    model, tok = load_model(args.model), load_tokenizer(args.model)
     model.train()
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines()]
     ds = datasets.Dataset.from_list(rows)
@@ -101,6 +170,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default=None, help="a model folder for both sides (default: the default model)")
     ap.add_argument("--side", choices=["preftune", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -114,15 +184,21 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "PREFTUNE_NO_PROGRESS": "1", "TOKENIZERS_PARALLELISM": "false"}
     results = {}
+    from _hardware import ModelShape, hardware_record
+    from preftune.models.loading import load_tokenizer
+
+    hardware = hardware_record(args.threads)  # before the sides: the peak of this machine, in this run
+    shape = ModelShape.from_pretrained(args.model)
     with tempfile.TemporaryDirectory() as work:
         data = Path(work) / "pairs.jsonl"
-        n = write_pairs(args.pairs, data)
-        assert n == args.pairs, f"only {n} pairs"
+        pairs = write_pairs(args.pairs, data)
+        assert len(pairs) == args.pairs, f"only {len(pairs)} pairs"
+        lengths = pair_lengths(pairs, load_tokenizer(args.model))
         for side in ("preftune", "trl"):
             out = Path(work) / f"{side}.json"
             cmd = [sys.executable, __file__, "--side", side, "--json", str(out), "--data", str(data), "--workdir", work,
                    "--pairs", str(args.pairs), "--max-length", str(args.max_length), "--batch-size", str(args.batch_size),
-                   "--threads", str(args.threads)]
+                   "--threads", str(args.threads), *(["--model", args.model] if args.model else [])]
             print(f"[bench] {side} ...", flush=True)
             subprocess.run(cmd, check=True, env=env, cwd=REPO)
             results[side] = json.loads(out.read_text())
@@ -139,7 +215,8 @@ def main() -> None:
         "preftune_seconds": round(p["seconds"], 1), "trl_seconds": round(t["seconds"], 1),
         "settings": {"pairs": args.pairs, "max_length": args.max_length, "batch_size": args.batch_size,
                      "threads": args.threads, "steps": p["steps"], "loss": "sigmoid", "beta": 0.1, "lr": 1e-6,
-                     "precision": "fp32", "fine_tuning": "full"},
+                     "precision": "fp32", "fine_tuning": "full", "model": args.model or "default"},
+        **share_of_peak(p, t, hardware, shape, lengths, p["steps"] * args.batch_size, args.max_length),
     }
     Path(args.json).write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))

