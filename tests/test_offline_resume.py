@@ -69,3 +69,19 @@ def test_runs_with_different_mixed_precision_in_one_process():
     assert make_accelerator("no").mixed_precision == "no"
     assert make_accelerator("bf16").mixed_precision == "bf16"
     assert make_accelerator("no").mixed_precision == "no"
+
+
+def test_a_count_metric_is_summed_over_micro_batches_not_averaged(setup, tmp_path):
+    # completion_tokens counts the step's trained tokens: the same 4 examples give the same count whether they come
+    # as one micro-batch or two (the weighted mean gave Σt²/Σt, which changes with the micro-batch size)
+    from preftune.train.loop import _weighted_mean
+
+    assert _weighted_mean([(3.0, {"loss": 1.0, "completion_tokens": 3.0}), (1.0, {"loss": 5.0, "completion_tokens": 1.0})]) \
+        == {"loss": 2.0, "completion_tokens": 4.0}
+    assert main(_args(setup, "sft", tmp_path / "big", "--max-steps", "1", "--batch-size", "4")) == 0
+    assert main(_args(setup, "sft", tmp_path / "accum", "--max-steps", "1", "--batch-size", "2", "--grad-accum", "2")) == 0
+
+    def counted(run):
+        return [json.loads(line)["completion_tokens"] for line in (run / "metrics.jsonl").read_text().splitlines()][0]
+
+    assert counted(tmp_path / "big") == counted(tmp_path / "accum") > 0

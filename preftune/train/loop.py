@@ -194,14 +194,21 @@ def _to(batch, device):
     return batch
 
 
+# Metrics that count things: an optimizer step's value is their sum over micro-batches and processes (a mean would
+# change with the micro-batch size and the process count). Every other metric is a weighted mean.
+SUMMED_METRICS = frozenset({"completion_tokens"})
+
+
 def _weighted_mean(rows: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
+    """Merge micro-batches' (or processes') metrics: weighted means, except counts (:data:`SUMMED_METRICS`), summed."""
     sums: dict[str, float] = {}
     weights: dict[str, float] = {}
     for w, metrics in rows:
         for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + w * v
-            weights[k] = weights.get(k, 0.0) + w
-    return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
+            summed = k in SUMMED_METRICS
+            sums[k] = sums.get(k, 0.0) + (v if summed else w * v)
+            weights[k] = weights.get(k, 0.0) + (1.0 if summed else w)
+    return {k: sums[k] if k in SUMMED_METRICS else sums[k] / weights[k] for k in sums if weights[k] > 0}
 
 
 def accumulate(module: torch.nn.Module, step: Step, batches: list,
