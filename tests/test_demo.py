@@ -119,8 +119,8 @@ def test_quick_demo_skips_the_held_out_passes_and_the_full_demo_keeps_them():
     def sources(recipe, **variables):
         stages = {s.name: s for s in resolve_stages(load_recipe(recipe), variables=variables)}
         return (stages["sft"].config.eval_source(), stages["reward"].config.eval_data, stages["dpo"].config.eval_source(),
-                stages["sft"].config.batch_size)
+                stages["sft"].config.batch_size, stages["reward"].config.normalize_examples)
 
-    assert sources("demo-quick") == (None, None, None, 4)
-    assert sources("demo") == ("starter:test", "starter:test", "starter:test", 8)
-    assert sources("demo-quick", **parse_assignments(["heldout=starter:test"])) == ("starter:test",) * 3 + (4,)
+    assert sources("demo-quick") == (None, None, None, 4, 64)
+    assert sources("demo") == ("starter:test", "starter:test", "starter:test", 8, 512)
+    assert sources("demo-quick", **parse_assignments(["heldout=starter:test"])) == ("starter:test",) * 3 + (4, 64)
