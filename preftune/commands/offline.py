@@ -256,16 +256,15 @@ def evaluate_sft(model, step, items, collate, *, batch_size: int, device) -> dic
 
     from preftune.progress import progress
 
-    was = model.training
-    model.eval()
+    from preftune.models.modes import eval_mode
+
     total, weight = 0.0, 0.0
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for s in progress(range(0, len(items), batch_size), desc="evaluating"):
             batch = collate(items[s:s + batch_size]).to(device)
             out = step(model, batch)
             total += out.loss.item()
             weight += step.weight(batch)
-    model.train(was)
     loss = total / weight
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 

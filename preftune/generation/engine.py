@@ -40,6 +40,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from preftune.errors import PreftuneError
 from preftune.models.logprobs import group_by_prompt
+from preftune.models.modes import eval_mode
 from preftune.progress import progress
 
 
@@ -328,9 +329,7 @@ class HFEngine:
             generator = torch.Generator(device=self.device).manual_seed(int(params.seed))
         results: list[tuple | None] = [None] * n
         batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             for batch in self._bar(batches):
                 hook = None
                 if on_tokens is not None:
@@ -338,9 +337,6 @@ class HFEngine:
                         on_tokens([batch[r] for r in rows], tokens)
                 for idx, res in zip(batch, self._generate_batch([prompt_ids[i] for i in batch], params, generator, hook)):
                     results[idx] = res
-        finally:
-            if was_training:
-                self.model.train()
         return GenerationOutput(
             sequences=[r[0] for r in results],
             logprobs=[r[1] for r in results],

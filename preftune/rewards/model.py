@@ -29,6 +29,7 @@ from preftune.models.prompt_format import PROMPT_FORMAT_FILE, uses_chat_template
 from preftune.data.tokenize import encode_completion, encode_prompt
 from preftune.errors import PreftuneError
 from preftune.models.heads import ScalarHeadModel, pad_rows
+from preftune.models.modes import eval_mode
 from preftune.progress import progress
 from preftune.rewards.base import META_FILE, check_batch, read_meta
 
@@ -75,19 +76,15 @@ class HeadScorer:
         encoded = [self.encode(p, r, s) for p, r, s in zip(prompts, responses, suffixes)]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out = torch.empty((len(encoded), self.net.num_outputs), dtype=torch.float32)
-        was_training = self.net.training
-        self.net.eval()
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         starts = range(0, len(order), self.batch_size)
         bar = progress(starts, desc="scoring", total=len(starts)) if show_progress else starts
-        try:
+        with eval_mode(self.net):
             for start in bar:
                 chunk = order[start:start + self.batch_size]
                 ids, mask = pad_rows([encoded[i] for i in chunk], pad_id, "right")
                 values = self.net(ids.to(self.net.device), mask.to(self.net.device))
                 out[torch.tensor(chunk)] = values.float().cpu()
-        finally:
-            self.net.train(was_training)
         return out
 
     # -- saving --------------------------------------------------------------------------------------

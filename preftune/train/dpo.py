@@ -22,6 +22,7 @@ from preftune.losses.preference import (
     preference_metrics,
 )
 from preftune.models.logprobs import PackedBatch, completion_logprobs, pack_completions, pack_pairs
+from preftune.models.modes import eval_mode
 from preftune.progress import progress
 from preftune.train.loop import StepOutput
 
@@ -165,33 +166,23 @@ class Reference:
             ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else None
             if ctx is None:
                 raise PreftuneError("ref=adapter needs LoRA training (--lora); use ref=precomputed or ref=copy")
-            was_training = model.training
-            model.eval()
-            try:
-                with ctx:
-                    return _sequence_logps(model, batch, self.head_chunk_size)
-            finally:
-                model.train(was_training)
+            with eval_mode(model), ctx:
+                return _sequence_logps(model, batch, self.head_chunk_size)
 
     def precompute(self, model, items: list, collate, *, batch_size: int = 8, device=None, desc="reference log-probs") -> None:
         """Fill the cache for ``items`` (those not cached yet) with ``model`` as the reference, no grad, eval mode."""
         todo = [it for it in items if it.key not in self.cache]
         if not todo:
             return
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                for s in progress(range(0, len(todo), batch_size), desc=desc):
-                    chunk = todo[s:s + batch_size]
-                    batch = collate(chunk)
-                    if device is not None:
-                        batch = batch.to(device)
-                    values = _sequence_logps(model, batch, self.head_chunk_size).float().cpu()
-                    for it, row in zip(chunk, values):
-                        self.cache[it.key] = row
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            for s in progress(range(0, len(todo), batch_size), desc=desc):
+                chunk = todo[s:s + batch_size]
+                batch = collate(chunk)
+                if device is not None:
+                    batch = batch.to(device)
+                values = _sequence_logps(model, batch, self.head_chunk_size).float().cpu()
+                for it, row in zip(chunk, values):
+                    self.cache[it.key] = row
 
     def save(self) -> None:
         if self.cache_path is not None and self.mode == "precomputed":
@@ -288,18 +279,14 @@ def evaluate_pairs(model, step: PreferenceStep, items: list[PairItem], collate, 
                    device=None, desc: str = "evaluating") -> dict[str, float]:
     """The step's loss and reward metrics on held-out pairs (eval mode, no grad), averaged over pairs:
     ``rewards/accuracy`` is the fraction of pairs whose implicit reward ranks chosen above rejected."""
-    was_training = model.training
-    model.eval()
     rows: list[tuple[int, dict]] = []
-    try:
+    with eval_mode(model):
         for s in progress(range(0, len(items), batch_size), desc=desc):
             batch = collate(items[s:s + batch_size])
             if device is not None:
                 batch = batch.to(device)
             out = step(model, batch)
             rows.append((batch.size, out.metrics))
-    finally:
-        model.train(was_training)
     total = sum(w for w, _ in rows)
     keys = rows[0][1].keys() if rows else ()
     return {k: sum(w * m[k] for w, m in rows if k in m) / total for k in keys}
