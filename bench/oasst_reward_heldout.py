@@ -51,7 +51,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     run = Path(args.run)
-    config = RewardTrainConfig(**yaml.safe_load((run / "config.yaml").read_text()))
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    # config.yaml also records what the run decided (its precision policy): keep the options the command takes
+    config = RewardTrainConfig(**{k: v for k, v in recorded.items() if k in RewardTrainConfig.model_fields})
     report = held_out_report(config)
     if (run / "eval.json").is_file():
         ev = json.loads((run / "eval.json").read_text())
