@@ -290,3 +290,13 @@ def wants_help(argv: Sequence[str]) -> bool:
 
 def print_help(command: Command) -> None:
     sys.stdout.write(format_help(command) + "\n")
+
+
+def file_or_shipped(name_or_path: str, folder: Path) -> Path | None:
+    """A file the user names: an existing path, else the name of a file shipped in ``folder`` (``NAME.yaml``); None
+    when neither (the caller's error lists what is shipped). Recipes and accelerate configs are found this way."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    shipped = folder / f"{name_or_path}.yaml"
+    return shipped if "/" not in name_or_path and shipped.is_file() else None

@@ -79,12 +79,11 @@ def accelerate_config_names() -> list[str]:
 
 def accelerate_config_path(name_or_path: str) -> Path:
     """``--accelerate-config``: the path of an accelerate config file, or the name of a shipped one (``fsdp``)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
+    from preftune.config import file_or_shipped
+
+    path = file_or_shipped(name_or_path, ACCELERATE_CONFIGS)
+    if path is not None:
         return path
-    shipped = ACCELERATE_CONFIGS / f"{name_or_path}.yaml"
-    if "/" not in name_or_path and shipped.is_file():
-        return shipped
     raise PreftuneError(f"--accelerate-config {name_or_path}: neither a file nor a shipped config "
                         f"({', '.join(accelerate_config_names())})")
 

@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 from pydantic import Field
 
-from preftune.config import BaseConfig, Command, build_config
+from preftune.config import BaseConfig, Command, build_config, file_or_shipped
 from preftune.distributed import launch_requested, relaunch
 from preftune.errors import PreftuneError
 
@@ -98,12 +98,9 @@ class ResolvedStage:
 
 def recipe_path(name_or_path: str) -> Path:
     """A recipe file: a path, or the name of a shipped recipe (``demo`` -> ``preftune/recipes/demo.yaml``)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
+    path = file_or_shipped(name_or_path, RECIPES_DIR)
+    if path is not None:
         return path
-    shipped = RECIPES_DIR / f"{name_or_path}.yaml"
-    if "/" not in name_or_path and shipped.is_file():
-        return shipped
     names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
     raise PreftuneError(f"recipe {name_or_path} is neither a file nor a shipped recipe ({', '.join(names)})")
 
