@@ -143,10 +143,11 @@ def test_every_training_command_takes_the_launch_and_hub_flags():
     import importlib
 
     flags = ["--accelerate-config", "ddp", "--num-processes", "2", "--push-to-hub", "me/m", "--hub-private"]
-    for name in ("sft", "dpo", "reward", "ppo", "rloo", "grpo", "reinforce"):
+    online = ("ppo", "rloo", "grpo", "reinforce", "rejection-sampling")
+    for name in ("sft", "dpo", "reward", *online):
         module, attr = COMMANDS[name][0].split(":")
         command = getattr(importlib.import_module(module), attr)
-        extra = ["--reward", "m:f"] if name in ("ppo", "rloo", "grpo", "reinforce") else []
+        extra = ["--reward", "m:f"] if name in online else []
         config = parse_args(command, extra + flags)
         launch = (config.accelerate_config, config.num_processes, config.push_to_hub, config.hub_private)
         assert launch == ("ddp", 2, "me/m", True), name

@@ -94,3 +94,35 @@ def test_config_errors(setup, tmp_path, capsys):
     assert main(["rloo", "--model", str(setup / "model"), "--reward", "no_such_module_x:f", "--prompts", FIXTURE_PROMPTS,
                  "--output-dir", str(tmp_path / "r")]) == 2
     assert "cannot import module 'no_such_module_x'" in capsys.readouterr().err
+
+
+def _rejection_sampling(setup, out, batch_size):
+    # greedy, one prompt per decode batch: a prompt's samples are the same whichever process decodes it
+    prompts = out.parent / "prompts.jsonl"
+    return main(["rejection-sampling", "--model", str(setup / "model"), "--reward", f"{setup / 'rew.py'}:vowels",
+                 "--prompts", str(prompts), "--n", "2", "--temperature", "0", "--gen-batch-size", "1",
+                 "--max-new-tokens", "6", "--output-dir", str(out), "--sft-batch-size", str(batch_size),
+                 "--learning-rate", "1e-3", "--seed", "3"])
+
+
+def _run_rejection_sampling(setup, out):
+    assert _rejection_sampling(setup, out, 2) == 0
+
+
+def test_rejection_sampling_on_two_processes_equals_one(setup, tmp_path):
+    """Each process samples its share of the prompts; gathered, the best-of-N file equals a one-process run's, and
+    the SFT on it (2 processes x 2 examples against 1 x 4) ends with the same weights."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import launch_processes
+
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"What is {i} + {i}?"}) + "\n" for i in range(8)))
+    assert _rejection_sampling(setup, tmp_path / "one", 4) == 0
+    launch_processes(_run_rejection_sampling, 2, setup, tmp_path / "two")
+    one, two = ((tmp_path / name / "best_of_n.jsonl").read_text() for name in ("one", "two"))
+    assert two == one and len(one.splitlines()) == 8
+    w1, w2 = (load_file(str(tmp_path / name / "final" / "model.safetensors")) for name in ("one", "two"))
+    assert w1.keys() == w2.keys()
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], atol=1e-5, rtol=0)
+    assert [r["step"] for r in read_metrics(tmp_path / "two")] == [r["step"] for r in read_metrics(tmp_path / "one")]

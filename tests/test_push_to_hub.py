@@ -49,12 +49,14 @@ def _argv(command, tiny_lm, data, out):
     reward = ["--reward", f"{data.parent / 'rew.py'}:vowels", "--max-new-tokens", "4", "--batch-size", "2"]
     if command == "grpo":
         return ["grpo", *model, *reward, "--prompts", str(data), "--num-samples", "2", "--steps", "1", "--sample-every", "0"]
+    if command == "rejection-sampling":
+        return ["rejection-sampling", *model, *reward, "--prompts", str(data), "--n", "2"]
     if command == "dpo --online":
         return ["dpo", *model, *reward, "--online", "--data", str(data), "--max-steps", "1"]
     return [command, *model, "--data", str(data), "--batch-size", "2", "--max-steps", "1"]
 
 
-@pytest.mark.parametrize("command", ["sft", "reward", "grpo", "dpo --online"])
+@pytest.mark.parametrize("command", ["sft", "reward", "grpo", "dpo --online", "rejection-sampling"])
 def test_the_final_folder_is_uploaded_after_it_is_saved(hub, tiny_lm, data, tmp_path, command):
     from preftune.cli import main
 

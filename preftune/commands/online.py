@@ -136,6 +136,7 @@ class BestOfNConfig(_Common):
     reward_batch_size: int = Field(32, ge=1)
 
 
+@with_launch_options
 class RejectionSamplingConfig(BestOfNConfig):
     output_dir: str = Field("runs/rejection-sampling", description="run folder (the best-of-N data goes to best_of_n.jsonl there)")
     output: str | None = Field(None, description="also write the best-of-N JSON lines here")
@@ -176,6 +177,11 @@ def load_prompts(config: _Common, tokenizer) -> tuple[list, list[list[int]]]:
 
 _PAPERS = {"ppo": "PPO with a per-token KL penalty, Ziegler et al. 2019; Ouyang et al. 2022",
            "rloo": "RLOO, Ahmadian et al. 2024", "grpo": "GRPO, Shao et al. 2024", "reinforce": "REINFORCE, Williams 1992"}
+
+
+def _reward_name(config: _Common) -> str:
+    """The reward as the model card names it: a path or module:function, or a combination written as JSON."""
+    return json.dumps(config.reward) if isinstance(config.reward, dict) else config.reward
 
 
 def _tokenizer(config: _Common, who: str):
@@ -277,7 +283,7 @@ def _run_online(config: OnlineConfig, algorithm, reward_fn=None) -> int:
     path = save_final(policy, tokenizer, run.final_dir)
     run.write_model_card(method=algorithm.name + (" (LoRA)" if config.lora else ""), paper=_PAPERS.get(algorithm.name, ""),
                          base_model=config.model, data={"prompts": f"{config.prompts} ({len(prompts)} prompts)",
-                                                        "reward": json.dumps(config.reward) if isinstance(config.reward, dict) else config.reward,
+                                                        "reward": _reward_name(config),
                                                         "steps": config.steps})
     if value_head is not None:
         from safetensors.torch import save_file
@@ -366,10 +372,13 @@ def run_online_dpo(config) -> int:
     return _run_online(online, algo, reward_fn=reward_fn)
 
 
-def _best_of_n(config: BestOfNConfig, model, tokenizer):
+def _best_of_n(config: BestOfNConfig, model, tokenizer, *, process: int = 0, processes: int = 1):
+    """Best-of-N on the prompt set, or on process ``process``'s contiguous share of it (of ``processes``)."""
     from preftune.rl.best_of_n import best_of_n
 
     prompts, prompt_ids = load_prompts(config, tokenizer)
+    lo, hi = process * len(prompts) // processes, (process + 1) * len(prompts) // processes
+    prompts, prompt_ids = prompts[lo:hi], prompt_ids[lo:hi]
     return best_of_n(model, tokenizer, _reward(config), prompts, prompt_ids, n=config.n,
                      max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
                      top_k=config.top_k, stop=tuple(config.stop), seed=config.seed, batch_size=config.gen_batch_size,
@@ -394,27 +403,47 @@ def run_rejection_sampling(config: RejectionSamplingConfig) -> int:
     from preftune.models.lora import save_final
     from preftune.rl.best_of_n import rejection_sampling_items, write_jsonl
     from preftune.runs import RunDir
-    from preftune.train.loop import LoopSettings, train
+    from preftune.train.loop import LoopSettings, make_accelerator, train
+    from preftune.train.precision import precision_policy
     from preftune.train.sft import SFTCollator, SFTStep
 
     config, tokenizer = _tokenizer(config, "preftune rejection-sampling")
     run = RunDir(config.output_dir)
     run.save_config(config)
+    lr = config.learning_rate or (2e-4 if config.lora else 2e-5)
+    settings = LoopSettings(batch_size=config.sft_batch_size, num_epochs=config.num_epochs, learning_rate=lr,
+                            save_every=config.save_every, seed=config.seed, resume=config.resume or None)
+    accelerator = make_accelerator(precision_policy(settings.mixed_precision).autocast)
     model = _policy(config, config.lora)
-    results = _best_of_n(config, model, tokenizer)
-    write_jsonl(results, run.path / "best_of_n.jsonl")
-    if config.output:
-        write_jsonl(results, config.output)
+    # under a multi-process launch each process samples a contiguous share of the prompts; gathered in rank order,
+    # every process then holds all results in prompt order, and the SFT loop shards them again
+    results = _best_of_n(config, model, tokenizer, process=accelerator.process_index,
+                         processes=accelerator.num_processes)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        results = gather_object(results)
+    if accelerator.is_main_process:
+        write_jsonl(results, run.path / "best_of_n.jsonl")
+        if config.output:
+            write_jsonl(results, config.output)
     items = rejection_sampling_items(results, tokenizer, min_reward=config.min_reward)
     if not items:
         raise PreftuneError(f"no best response reached min_reward={config.min_reward}; nothing to fine-tune on")
     _say(f"rejection sampling: fine-tuning on {len(items)} best-of-{config.n} responses")
-    lr = config.learning_rate or (2e-4 if config.lora else 2e-5)
-    settings = LoopSettings(batch_size=config.sft_batch_size, num_epochs=config.num_epochs, learning_rate=lr,
-                            save_every=config.save_every, seed=config.seed, resume=config.resume or None)
-    result = train(model, items, SFTCollator(tokenizer.pad_token_id), SFTStep(), settings, run, desc="rejection-sampling sft")
-    path = save_final(result.model, tokenizer, run.final_dir)
-    _say(f"saved the fine-tuned model to {path}")
+    result = train(model, items, SFTCollator(tokenizer.pad_token_id), SFTStep(), settings, run,
+                   accelerator=accelerator, desc="rejection-sampling sft")
+    if accelerator.is_main_process:
+        path = save_final(result.model, tokenizer, run.final_dir)
+        run.write_model_card(method="rejection-sampling fine-tuning" + (" (LoRA)" if config.lora else ""),
+                             paper="Touvron et al. 2023 (Llama 2), sec. 3.2.3", base_model=config.model,
+                             data={"prompts": f"{config.prompts} ({len(results)} prompts)", "reward": _reward_name(config),
+                                   "samples per prompt": config.n, "fine-tuned on": f"{len(items)} best responses"})
+        _say(f"saved the fine-tuned model to {path}")
+        if config.push_to_hub:
+            from preftune.runs import push_to_hub
+
+            _say(f"pushed {path} to {push_to_hub(path, config.push_to_hub, private=config.hub_private)}")
     run.close()
     return 0
 
