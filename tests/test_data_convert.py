@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from preftune.data.convert import load_examples, parse_hh_dialogue
+from preftune.data.convert import load_examples
+from preftune.data.fields import parse_hh_dialogue
 from preftune.errors import PreftuneError
 from preftune.data.formats import (
     PreferencePair,

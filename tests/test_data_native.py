@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from preftune.data.convert import ReadOptions, detect_format, load_examples
+from preftune.data.convert import detect_format, load_examples
+from preftune.data.options import ReadOptions
 from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, Source, UnpairedExample
 from preftune.data.native import JAILBREAK_RULE, REDTEAM_RULE, binarize
 from preftune.errors import DataError, PreftuneError

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from preftune.data.convert import parse_hh_dialogue
+from preftune.data.fields import parse_hh_dialogue
 from preftune.data.formats import Source
 from preftune.errors import DataError
 from preftune.data.convert import hh_pair_from_row

@@ -9,7 +9,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from preftune.config import CHAT_TEMPLATE_HELP, DECODE_DTYPE_HELP, BaseConfig, Command, with_launch_options
-from preftune.data.convert import FORMATS, ReadOptions, with_read_options
+from preftune.data.convert import FORMATS
+from preftune.data.options import ReadOptions, with_read_options
 from preftune.errors import PreftuneError
 from preftune.losses.preference import ALIASES, LOSSES, SOFT_LABEL_LOSSES
 

@@ -11,7 +11,8 @@ from typing import Literal
 from pydantic import Field
 
 from preftune.config import CHAT_TEMPLATE_HELP, BaseConfig, Command, with_launch_options
-from preftune.data.convert import FORMATS, RULE_FORMATS, ReadOptions, detect_file_format, load_examples, with_read_options
+from preftune.data.convert import FORMATS, RULE_FORMATS, detect_file_format, load_examples
+from preftune.data.options import ReadOptions, with_read_options
 from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, UnpairedExample
 from preftune.errors import PreftuneError
 

@@ -30,15 +30,13 @@ rejected → undesirable); rankings and corrections give pairs. The native forma
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, create_model
 
 from preftune.data.formats import (
+    pair_views,
     PreferencePair,
     Ranking,
     RuleExample,
@@ -47,6 +45,10 @@ from preftune.data.formats import (
     UnpairedExample,
     correction_pairs,
 )
+from preftune.data import fields
+from preftune.data.fields import RowDropped, parse_hh_dialogue, skip_reason
+from preftune.data.options import ReadOptions
+from preftune.data.native import convert_grouped, convert_native_row, detect_native
 from preftune.data.readers import read_rows
 from preftune.errors import DataError, PreftuneError
 
@@ -77,68 +79,6 @@ RULE_FORMATS = ("rule", "jailbreak", "redteam")
 GROUPED_FORMATS = ("oasst", "ratings")
 
 
-def _parse_weights(value: Any) -> Any:
-    """``"helpfulness=1,verbosity=-0.5"`` (a flag's text) → ``{"helpfulness": 1.0, "verbosity": -0.5}``."""
-    if not isinstance(value, str):
-        return value
-    weights = {}
-    for part in filter(None, (p.strip() for p in value.split(","))):
-        name, eq, number = part.partition("=")
-        try:
-            weights[name.strip()] = float(number)
-        except ValueError:
-            raise ValueError(f"expected attribute=number pairs separated by commas, got '{part}'") from None
-        if not eq or not name.strip():
-            raise ValueError(f"expected attribute=number pairs separated by commas, got '{part}'")
-    if not weights:
-        raise ValueError("no attribute=number pairs")
-    return weights
-
-
-class ReadOptions(BaseModel):
-    """How the native formats of public datasets become examples (every data-reading command's flags)."""
-
-    lang: str = Field("en", description="oasst: keep messages in these languages (comma-separated codes, or 'all'); "
-                                        "others are dropped and counted")
-    binarize: Literal["best_vs_random", "best_vs_worst", "all_pairs"] = Field(
-        "best_vs_random", description="ratings: best vs a random lower-rated one (Zephyr, UltraFeedback-binarized), "
-                                      "best vs worst, or all pairs whose rating gap is at least --min-gap")
-    min_gap: float = Field(0.0, ge=0.0, description="ratings: a pair's rating gap must be at least this (and always > 0)")
-    rating_field: str | None = Field(None, description="ratings: the rating that orders responses (default: UltraFeedback "
-                                                       "fine-grained_score, HelpSteer helpfulness, else rating)")
-    weights: Annotated[dict[str, float] | None, BeforeValidator(_parse_weights)] = Field(None, description="ratings: order by a weighted sum of attributes instead, "
-                                                               "e.g. helpfulness=1,verbosity=-0.5")
-    binarize_seed: int = Field(0, description="ratings: seed of best_vs_random's choice (per prompt, so a --limit keeps it)")
-    min_score_ratio: float = Field(2.0, ge=1.0, description="scored (SHP): keep pairs whose score ratio is at least this")
-    redteam_success_rating: float = Field(3.0, gt=0.0, le=4.0, description="redteam: a transcript rated at least this "
-                                          "(0 = the attack failed … 4 = it succeeded) broke the rule; under it, the rule held")
-
-    def languages(self) -> set[str] | None:
-        """The kept language codes (None: all)."""
-        codes = {c.strip() for c in self.lang.split(",") if c.strip()}
-        return None if not codes or "all" in codes else codes
-
-    @classmethod
-    def of(cls, config: Any) -> ReadOptions:
-        """The read options of a command's config (a class made by :func:`with_read_options`)."""
-        return cls(**{name: getattr(config, name) for name in cls.model_fields if hasattr(config, name)})
-
-
-def with_read_options(config_cls: type[BaseModel]) -> type[BaseModel]:
-    """A command's config class with :class:`ReadOptions`' fields added after its own (so ``--help`` lists them last)."""
-    fields = {name: (info.annotation, info) for name, info in ReadOptions.model_fields.items()}
-    return create_model(config_cls.__name__, __base__=config_cls, __module__=config_cls.__module__,
-                        __doc__=config_cls.__doc__, **fields)
-
-
-class RowDropped(Exception):
-    """A row a format's rule leaves out (not an error): always counted in ``LoadResult.skipped`` with its reason."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
 @dataclass
 class LoadResult:
     """What a file gave: the examples, how many rows were read, and every skipped row with its reason."""
@@ -157,78 +97,6 @@ class LoadResult:
         return f"skipped {len(self.skipped)} of {self.rows} rows: {parts}"
 
 
-# -- field helpers ---------------------------------------------------------------------------------
-
-
-def _require(row: dict, name: str, source: Source) -> Any:
-    if name not in row or row[name] is None:
-        present = ", ".join(sorted(row)) or "none"
-        raise DataError(f"missing (the row has fields: {present})", file=source.file, row=source.row, field=name)
-    return row[name]
-
-
-def _text(row: dict, name: str, source: Source, *, allow_empty: bool = False) -> str:
-    value = _require(row, name, source)
-    if not isinstance(value, str):
-        raise DataError(f"expected text, got {type(value).__name__}", file=source.file, row=source.row, field=name)
-    if not allow_empty and not value.strip():
-        raise DataError("is empty", file=source.file, row=source.row, field=name)
-    return value
-
-
-def _messages(value: Any, name: str, source: Source) -> list[dict]:
-    if not isinstance(value, list) or not value:
-        raise DataError("expected a non-empty list of {role, content} messages", file=source.file, row=source.row, field=name)
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise DataError(f"message {i} must be an object with 'role' and 'content'", file=source.file, row=source.row, field=name)
-        if m["role"] not in ("system", "user", "assistant", "tool"):
-            raise DataError(f"message {i} has unknown role '{m['role']}'", file=source.file, row=source.row, field=name)
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
-
-
-def _prompt(row: dict, source: Source, name: str = "prompt") -> Any:
-    value = _require(row, name, source)
-    if isinstance(value, str):
-        if not value.strip():
-            raise DataError("is empty", file=source.file, row=source.row, field=name)
-        return value
-    messages = _messages(value, name, source)
-    if messages[-1]["role"] == "assistant":
-        raise DataError("a conversational prompt must end with a user (or system) turn, not an assistant one",
-                        file=source.file, row=source.row, field=name)
-    return messages
-
-
-def _completion(row: dict, name: str, source: Source) -> str:
-    """A completion: text, or a conversation whose single (last) turn is the assistant's."""
-    value = _require(row, name, source)
-    if isinstance(value, list):
-        messages = _messages(value, name, source)
-        if len(messages) != 1 or messages[0]["role"] != "assistant":
-            raise DataError("a conversational completion must be exactly one assistant message", file=source.file,
-                            row=source.row, field=name)
-        value = messages[0]["content"]
-    if not isinstance(value, str):
-        raise DataError(f"expected text, got {type(value).__name__}", file=source.file, row=source.row, field=name)
-    if not value.strip():
-        raise DataError("is an empty completion", file=source.file, row=source.row, field=name)
-    return value
-
-
-def _bool(row: dict, name: str, source: Source) -> bool:
-    value = _require(row, name, source)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
-        return value.strip().lower() in ("true", "yes", "1")
-    raise DataError(f"expected true or false, got {value!r}", file=source.file, row=source.row, field=name)
-
-
 def _distinct(chosen: str, rejected: str, source: Source) -> None:
     if chosen.strip() == rejected.strip():
         raise DataError("is identical to 'chosen' (a pair must compare two different responses)", file=source.file,
@@ -240,7 +108,7 @@ def _distinct(chosen: str, rejected: str, source: Source) -> None:
 
 def sft_from_row(row: dict, source: Source) -> SFTExample:
     if "messages" in row:
-        messages = _messages(row["messages"], "messages", source)
+        messages = fields.conversation(row["messages"], "messages", source)
         if messages[-1]["role"] != "assistant":
             raise DataError("the last message must be the assistant's reply to learn", file=source.file, row=source.row, field="messages")
         if len(messages) < 2:
@@ -249,11 +117,11 @@ def sft_from_row(row: dict, source: Source) -> SFTExample:
             raise DataError("the assistant's reply is an empty completion", file=source.file, row=source.row, field="messages")
         return SFTExample(messages[:-1], messages[-1]["content"], source)
     if "instruction" in row and "output" in row:
-        instruction = _text(row, "instruction", source)
+        instruction = fields.text(row, "instruction", source)
         extra = row.get("input") or ""
         prompt = f"{instruction}\n\n{extra}" if str(extra).strip() else instruction
-        return SFTExample([{"role": "user", "content": prompt}], _completion(row, "output", source), source)
-    return SFTExample(_prompt(row, source), _completion(row, "completion", source), source)
+        return SFTExample([{"role": "user", "content": prompt}], fields.completion(row, "output", source), source)
+    return SFTExample(fields.prompt(row, source), fields.completion(row, "completion", source), source)
 
 
 def _implicit_prompt(chosen: list[dict], rejected: list[dict], source: Source) -> tuple[list[dict], str, str]:
@@ -299,29 +167,17 @@ def pair_from_row(row: dict, source: Source) -> PreferencePair:
     # Whole conversations share their prompt turns; a `prompt` beside them (HuggingFaceH4/ultrafeedback_binarized) repeats
     # the last user turn, so the shared turns are the prompt.
     if conversations and ("prompt" not in row or len(row["chosen"]) > 1 or len(row["rejected"]) > 1):
-        prompt, chosen, rejected = _implicit_prompt(_messages(row["chosen"], "chosen", source),
-                                                    _messages(row["rejected"], "rejected", source), source)
+        prompt, chosen, rejected = _implicit_prompt(fields.conversation(row["chosen"], "chosen", source),
+                                                    fields.conversation(row["rejected"], "rejected", source), source)
         for name, text in (("chosen", chosen), ("rejected", rejected)):
             if not str(text).strip():
                 raise DataError("is an empty completion", file=source.file, row=source.row, field=name)
     else:
-        prompt = _prompt(row, source)
-        chosen = _completion(row, "chosen", source)
-        rejected = _completion(row, "rejected", source)
+        prompt = fields.prompt(row, source)
+        chosen = fields.completion(row, "chosen", source)
+        rejected = fields.completion(row, "rejected", source)
     _distinct(chosen, rejected, source)
     return PreferencePair(prompt, chosen, rejected, _margin(row, source), source, _soft_label(row, source))
-
-
-_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
-
-
-def parse_hh_dialogue(text: str) -> list[dict]:
-    """'\\n\\nHuman: a\\n\\nAssistant: b' → [{'role': 'user', 'content': 'a'}, {'role': 'assistant', 'content': 'b'}]."""
-    pieces = _HH_TURN.split(text)
-    if pieces[0].strip():
-        raise ValueError("text before the first 'Human:' turn")
-    roles = {"Human": "user", "Assistant": "assistant"}
-    return [{"role": roles[speaker], "content": content.strip()} for speaker, content in zip(pieces[1::2], pieces[2::2])]
 
 
 def hh_pair_from_row(row: dict, source: Source) -> PreferencePair:
@@ -330,8 +186,8 @@ def hh_pair_from_row(row: dict, source: Source) -> PreferencePair:
     A completion can run past one turn (a few HH rows continue with further Human/Assistant turns after the
     point where they diverge); it is kept whole, as text, so nothing is lost.
     """
-    chosen_text = _text(row, "chosen", source, allow_empty=True)
-    rejected_text = _text(row, "rejected", source, allow_empty=True)
+    chosen_text = fields.text(row, "chosen", source, allow_empty=True)
+    rejected_text = fields.text(row, "rejected", source, allow_empty=True)
     for name, text in (("chosen", chosen_text), ("rejected", rejected_text)):
         if not text.lstrip(" ").startswith("\n\nHuman:"):
             raise DataError("an HH dialogue must start with '\\n\\nHuman:'", file=source.file, row=source.row, field=name)
@@ -361,7 +217,7 @@ def hh_pair_from_row(row: dict, source: Source) -> PreferencePair:
 
 def ranking_from_row(row: dict, source: Source) -> Ranking:
     name = "responses" if "responses" in row else "ranking"
-    responses = _require(row, name, source)
+    responses = fields.require(row, name, source)
     if not isinstance(responses, list) or len(responses) < 2:
         raise DataError("expected a list of at least 2 responses, best first", file=source.file, row=source.row, field=name)
     texts = []
@@ -371,14 +227,14 @@ def ranking_from_row(row: dict, source: Source) -> Ranking:
         texts.append(r)
     if len({t.strip() for t in texts}) != len(texts):
         raise DataError("has the same response twice", file=source.file, row=source.row, field=name)
-    return Ranking(_prompt(row, source), tuple(texts), source)
+    return Ranking(fields.prompt(row, source), tuple(texts), source)
 
 
 def corrections_from_row(row: dict, source: Source) -> list[PreferencePair]:
-    prompt = _prompt(row, source)
-    chosen = _completion(row, "chosen", source)
-    rejected = _completion(row, "rejected", source)
-    corrected = _completion(row, "corrected", source)
+    prompt = fields.prompt(row, source)
+    chosen = fields.completion(row, "chosen", source)
+    rejected = fields.completion(row, "rejected", source)
+    corrected = fields.completion(row, "corrected", source)
     _distinct(chosen, rejected, source)
     for name, other in (("chosen", chosen), ("rejected", rejected)):
         if corrected.strip() == other.strip():
@@ -387,17 +243,16 @@ def corrections_from_row(row: dict, source: Source) -> list[PreferencePair]:
 
 
 def unpaired_from_row(row: dict, source: Source) -> UnpairedExample:
-    return UnpairedExample(_prompt(row, source), _completion(row, "completion", source), _bool(row, "label", source), source)
+    return UnpairedExample(fields.prompt(row, source), fields.completion(row, "completion", source), fields.flag(row, "label", source), source)
 
 
 def rule_from_row(row: dict, source: Source) -> RuleExample:
-    return RuleExample(_prompt(row, source), _completion(row, "response", source), _text(row, "rule", source),
-                       _bool(row, "followed", source), source)
+    return RuleExample(fields.prompt(row, source), fields.completion(row, "response", source), fields.text(row, "rule", source),
+                       fields.flag(row, "followed", source), source)
 
 
 def detect_format(row: dict, file: str) -> str:
     keys = set(row)
-    from preftune.data.native import detect_native
 
     native = detect_native(row)
     if native is not None:
@@ -437,7 +292,6 @@ def convert_row(row: dict, source: Source, format: str, kind: str, options: Read
 
     Raises :class:`DataError` for a bad row and :class:`RowDropped` for a row the format's rule leaves out."""
     if format in ("scored", "jailbreak", "self_instruct", "redteam"):
-        from preftune.data.native import convert_native_row
 
         return convert_native_row(row, source, format, kind, options or ReadOptions())
     if format == "rule":
@@ -462,18 +316,6 @@ def convert_row(row: dict, source: Source, format: str, kind: str, options: Read
             return [SFTExample(pairs[0].prompt, pairs[0].chosen, source)]
         return pairs
     return pair_views(hh_pair_from_row(row, source) if format == "hh" else pair_from_row(row, source), kind, source)
-
-
-def pair_views(pair: PreferencePair, kind: str, source: Source) -> list:
-    """What one pair gives each kind: itself; its chosen side as a demonstration; chosen desirable and rejected
-    undesirable (KTO); a two-response ranking."""
-    if kind == "sft":
-        return [SFTExample(pair.prompt, pair.chosen, source)]
-    if kind == "unpaired":
-        return [UnpairedExample(pair.prompt, pair.chosen, True, source), UnpairedExample(pair.prompt, pair.rejected, False, source)]
-    if kind == "ranking":
-        return [Ranking(pair.prompt, (pair.chosen, pair.rejected), source)]
-    return [pair]
 
 
 def load_examples(path: str | Path, format: str = "auto", *, kind: str = "preference", skip_bad_rows: bool = False,
@@ -522,17 +364,11 @@ def load_examples(path: str | Path, format: str = "auto", *, kind: str = "prefer
     if count == 0:
         raise DataError("has no rows", file=file_label)
     if grouped:
-        from preftune.data.native import convert_grouped
 
         group_examples, group_skipped = convert_grouped(grouped, file_label, format, kind, options, skip_bad_rows=skip_bad_rows)
         examples.extend(group_examples)
         skipped.extend(group_skipped)
     return LoadResult(examples, count, skipped, format, file_label)
-
-
-def skip_reason(err: DataError) -> str:
-    """The reason recorded for a skipped bad row: its field and what is wrong with it."""
-    return f"field '{err.field}' {err.reason}" if err.field else err.reason
 
 
 def tokenize_all(examples: list, encode, *, skip_bad_rows: bool = False, skipped: list | None = None) -> list:

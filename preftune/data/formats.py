@@ -89,6 +89,18 @@ def correction_pairs(prompt: Prompt, chosen: str, rejected: str, corrected: str,
     ]
 
 
+def pair_views(pair: PreferencePair, kind: str, source: Source) -> list:
+    """What one pair gives each kind: itself; its chosen side as a demonstration; chosen desirable and rejected
+    undesirable (KTO); a two-response ranking."""
+    if kind == "sft":
+        return [SFTExample(pair.prompt, pair.chosen, source)]
+    if kind == "unpaired":
+        return [UnpairedExample(pair.prompt, pair.chosen, True, source), UnpairedExample(pair.prompt, pair.rejected, False, source)]
+    if kind == "ranking":
+        return [Ranking(pair.prompt, (pair.chosen, pair.rejected), source)]
+    return [pair]
+
+
 def prompt_text(prompt: Prompt) -> str:
     """A prompt as one plain string, the only such view in preftune (logs, tables, judges, matching prompts across
     files): a conversation becomes ``role: content`` turns separated by a blank line."""

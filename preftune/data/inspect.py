@@ -9,7 +9,8 @@ from typing import Literal
 from pydantic import Field
 
 from preftune.config import BaseConfig, Command
-from preftune.data.convert import FORMATS, ReadOptions, detect_file_format, load_examples, with_read_options
+from preftune.data.convert import FORMATS, detect_file_format, load_examples
+from preftune.data.options import ReadOptions, with_read_options
 from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, UnpairedExample
 from preftune.data.tokenize import encode_completion, encode_prompt
 from preftune.progress import progress

@@ -26,7 +26,8 @@ from typing import Literal
 from pydantic import Field
 
 from preftune.config import BaseConfig, Command
-from preftune.data.convert import ReadOptions, load_examples, with_read_options
+from preftune.data.convert import load_examples
+from preftune.data.options import ReadOptions, with_read_options
 from preftune.data.formats import PreferencePair, SFTExample, UnpairedExample
 from preftune.errors import PreftuneError
 

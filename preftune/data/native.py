@@ -50,19 +50,10 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from preftune.data.convert import (
-    ReadOptions,
-    RowDropped,
-    _bool,
-    _completion,
-    _prompt,
-    _require,
-    _text,
-    pair_views,
-    parse_hh_dialogue,
-    skip_reason,
-)
-from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, Source
+from preftune.data import fields
+from preftune.data.fields import RowDropped, parse_hh_dialogue, skip_reason
+from preftune.data.options import ReadOptions
+from preftune.data.formats import PreferencePair, Ranking, RuleExample, SFTExample, Source, pair_views
 from preftune.data.readers import read_rows
 from preftune.errors import DataError
 
@@ -124,11 +115,11 @@ def _user(text: str) -> list[dict]:
 def scored_pair(row: dict, source: Source, options: ReadOptions) -> PreferencePair:
     """An SHP row → the higher-scored comment ≻ the other, margin ln(score ratio); RowDropped under the ratio."""
     name = "history" if "history" in row else "prompt"
-    prompt = _prompt(row, source, name)
+    prompt = fields.prompt(row, source, name)
     if isinstance(prompt, str):
         prompt = _user(prompt)
-    response_a = _completion(row, "human_ref_A", source)
-    response_b = _completion(row, "human_ref_B", source)
+    response_a = fields.completion(row, "human_ref_A", source)
+    response_b = fields.completion(row, "human_ref_B", source)
     score_a = _number(row.get("score_A"), source, "score_A")
     score_b = _number(row.get("score_B"), source, "score_B")
     for field, score in (("score_A", score_a), ("score_B", score_b)):
@@ -137,7 +128,7 @@ def scored_pair(row: dict, source: Source, options: ReadOptions) -> PreferencePa
     if score_a == score_b:
         raise RowDropped(f"equal scores ({score_a:g}): no preference")
     a_preferred = score_a > score_b
-    if row.get("labels") is not None and _bool(row, "labels", source) != a_preferred:
+    if row.get("labels") is not None and fields.flag(row, "labels", source) != a_preferred:
         raise DataError(f"is {row['labels']!r} but score_A={score_a:g} and score_B={score_b:g} prefer "
                         f"{'A' if a_preferred else 'B'} (labels is 1 when A is preferred)", file=source.file,
                         row=source.row, field="labels")
@@ -183,13 +174,13 @@ def jailbreak_attempt(row: dict, source: Source) -> JailbreakAttempt:
     """A JailbreakBench artifact row → its :class:`JailbreakAttempt`; RowDropped when the attack submitted no prompt.
 
     The one reader of the format: the rule rows below and the harms evaluation (:mod:`preftune.eval.safety`) use it."""
-    goal = _text(row, "goal", source)
+    goal = fields.text(row, "goal", source)
     if row.get("prompt") is None:
         raise RowDropped(NO_ATTACK_PROMPT)
-    prompt = _text(row, "prompt", source)
-    response = None if row.get("response") is None else _completion(row, "response", source)
-    guard = None if row.get("jailbroken_llama_guard1") is None else _bool(row, "jailbroken_llama_guard1", source)
-    return JailbreakAttempt(goal.strip(), prompt, response, _bool(row, "jailbroken", source), guard,
+    prompt = fields.text(row, "prompt", source)
+    response = None if row.get("response") is None else fields.completion(row, "response", source)
+    guard = None if row.get("jailbroken_llama_guard1") is None else fields.flag(row, "jailbroken_llama_guard1", source)
+    return JailbreakAttempt(goal.strip(), prompt, response, fields.flag(row, "jailbroken", source), guard,
                             _optional_text(row, "behavior", source), _optional_text(row, "category", source), source)
 
 
@@ -221,7 +212,7 @@ def jailbreak_artifact_parameters(path) -> dict | None:
 
 def _redteam_turns(row: dict, source: Source) -> list[dict]:
     """The transcript's turns (roles user / assistant), or a DataError naming the ``transcript`` field."""
-    text = _text(row, "transcript", source)
+    text = fields.text(row, "transcript", source)
     if not text.lstrip(" ").startswith("\n\nHuman:"):
         raise DataError("a red-team transcript must start with '\\n\\nHuman:'", file=source.file, row=source.row,
                         field="transcript")
@@ -230,7 +221,7 @@ def _redteam_turns(row: dict, source: Source) -> list[dict]:
 
 def redteam_rating(row: dict, source: Source) -> float:
     """The red-teamer's rating of their attack's success: a number from 0 (failed) to 4 (fully succeeded)."""
-    rating = _number(_require(row, "rating", source), source, "rating")
+    rating = _number(fields.require(row, "rating", source), source, "rating")
     if not 0 <= rating <= 4:
         raise DataError(f"expected a rating from 0 to 4, got {rating:g}", file=source.file, row=source.row, field="rating")
     return rating
@@ -264,7 +255,7 @@ def redteam_first_turn(row: dict, source: Source) -> list[dict]:
 
 def self_instruct_examples(row: dict, source: Source) -> list[SFTExample]:
     """A Self-Instruct task → one demonstration per instance: instruction (+ blank line + input) → output."""
-    instruction = _text(row, "instruction", source).strip()
+    instruction = fields.text(row, "instruction", source).strip()
     instances = row["instances"]
     if not instances:
         raise DataError("has no instances (each gives one demonstration)", file=source.file, row=source.row, field="instances")
@@ -379,7 +370,7 @@ def _score(item: Rated, options: ReadOptions) -> float:
 
 
 def _ultrafeedback_items(row: dict, source: Source) -> tuple[list[dict], list[Rated]]:
-    prompt = _user(_text(row, "instruction", source))
+    prompt = _user(fields.text(row, "instruction", source))
     items = []
     completions = row.get("completions")
     if not isinstance(completions, list):
@@ -400,8 +391,8 @@ def _ultrafeedback_items(row: dict, source: Source) -> tuple[list[dict], list[Ra
 
 
 def _flat_item(row: dict, source: Source) -> tuple[Any, Rated]:
-    prompt = _prompt(row, source)
-    text = _completion(row, "response", source)
+    prompt = fields.prompt(row, source)
+    text = fields.completion(row, "response", source)
     attributes = {name: (value, name) for name, value in row.items() if name not in ("prompt", "response")}
     return prompt, Rated(text, attributes, source)
 

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from preftune.data.convert import RowDropped
+from preftune.data.fields import RowDropped
 from preftune.data.formats import Source
 from preftune.data.native import JailbreakAttempt, detect_native, jailbreak_artifact_parameters, jailbreak_attempt
 from preftune.data.readers import is_starter, read_rows

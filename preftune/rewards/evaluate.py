@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from preftune.data.convert import RULE_FORMATS, ReadOptions, load_examples
+from preftune.data.convert import RULE_FORMATS, load_examples
+from preftune.data.options import ReadOptions
 from preftune.data.formats import PreferencePair, RuleExample
 from preftune.errors import PreftuneError
 from preftune.losses.reward import binary_ece, pairwise_accuracy, pairwise_ece

@@ -56,7 +56,7 @@ def load_class_examples(path: str, *, label_field: str = "label", classes: Seque
     ``classes`` fixes the class order (a label outside it is a :class:`DataError` naming file, row and field);
     by default the classes are the labels found, sorted.
     """
-    from preftune.data.convert import _completion, _prompt, _text
+    from preftune.data import fields
     from preftune.data.readers import read_rows
 
     examples = []
@@ -64,13 +64,13 @@ def load_class_examples(path: str, *, label_field: str = "label", classes: Seque
         if limit is not None and len(examples) >= limit:
             break
         source = Source(str(path), number)
-        label = _text(row, label_field, source)
+        label = fields.text(row, label_field, source)
         if classes is not None and label not in classes:
             raise DataError(f"'{label}' is not one of the classes {list(classes)}", file=str(path), row=number, field=label_field)
         rule = row.get("rule") or ""
         if not isinstance(rule, str):
             raise DataError(f"must be text, got {type(rule).__name__}", file=str(path), row=number, field="rule")
-        examples.append(ClassExample(_prompt(row, source), _completion(row, "response", source), label, rule, source))
+        examples.append(ClassExample(fields.prompt(row, source), fields.completion(row, "response", source), label, rule, source))
     if not examples:
         raise DataError("has no rows", file=str(path))
     found = list(classes) if classes is not None else sorted({e.label for e in examples})

@@ -244,7 +244,8 @@ def load_training_examples(path: str, config, objective: str, *, limit: int | No
     import sys
 
     from preftune.data.convert import detect_file_format
-    from preftune.data.convert import ReadOptions, load_examples
+    from preftune.data.convert import load_examples
+    from preftune.data.options import ReadOptions
     from preftune.rewards.rules import load_class_examples
 
     if objective == "classes":
