@@ -175,7 +175,7 @@ def test_overoptimization_command_end_to_end(tmp_path, chatml_tokenizer):
 def test_benchmark_gold_rule_hand_computed():
     from pathlib import Path
 
-    from preftune.rewards.base import load_reward
+    from preftune.rewards.loading import load_reward
 
     # loaded the way the benchmark names it (a file:function reward spec)
     fn = load_reward(f"{Path(__file__).resolve().parents[1] / 'bench' / 'overoptimization_gold.py'}:gold")

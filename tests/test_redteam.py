@@ -210,7 +210,7 @@ def tiny_folder(tmp_path_factory, chatml_tokenizer):
 
 def test_redteam_command_end_to_end(tiny_folder, tmp_path):
     from preftune.cli import main
-    from preftune.rewards.base import load_reward
+    from preftune.rewards.loading import load_reward
 
     out = tmp_path / "rt"
     m = str(tiny_folder / "model")

@@ -12,7 +12,8 @@ import torch
 from preftune.errors import PreftuneError
 from preftune.models.heads import ScalarHeadModel, last_real_index, pad_rows
 from preftune.models.logprobs import pack_pairs
-from preftune.rewards.base import META_FILE, PythonReward, RewardFunction, as_reward_function, load_reward
+from preftune.rewards.base import META_FILE, PythonReward, RewardFunction, as_reward_function
+from preftune.rewards.loading import load_reward
 from preftune.rewards.combined import CombinedReward
 from preftune.rewards.model import RewardModel, normalization_stats
 from preftune.rewards.rules import RuleModel, reward_from_log_prob

@@ -753,7 +753,7 @@ def run_frontier(config: FrontierConfig) -> int:
     from preftune.eval.frontier import evaluate_policy
     from preftune.generation.engine import SamplingParams
     from preftune.models.loading import load_model, load_tokenizer
-    from preftune.rewards.base import load_reward
+    from preftune.rewards.loading import load_reward
 
     if config.names and len(config.names) != len(config.checkpoints):
         raise PreftuneError(f"--names has {len(config.names)} labels for {len(config.checkpoints)} checkpoints")

@@ -1,6 +1,6 @@
 """``preftune ppo | rloo | grpo | reinforce | best-of-n | rejection-sampling``: configs and glue.
 
-The reward (``--reward``) is anything :func:`preftune.rewards.base.load_reward` takes: a folder saved by
+The reward (``--reward``) is anything :func:`preftune.rewards.loading.load_reward` takes: a folder saved by
 ``preftune reward``, a combination file, or ``module:function`` / ``path/file.py:function``.
 Prompts (``--prompts``, default ``starter:train``) are the prompts of any file of the data formats; plain-text
 prompts are presented as the policy was trained (:mod:`preftune.models.prompt_format`: the choice recorded with the
@@ -221,7 +221,7 @@ def _policy(config, lora: bool, *, trained: bool = True):
 
 
 def _reward(config):
-    from preftune.rewards.base import load_reward
+    from preftune.rewards.loading import load_reward
 
     return load_reward(config.reward)
 

@@ -197,7 +197,7 @@ def scoring_items(examples: list) -> list[dict]:
 
 def score_file(config: ScoreConfig) -> list[dict]:
     from preftune.progress import progress
-    from preftune.rewards.base import load_reward
+    from preftune.rewards.loading import load_reward
     from preftune.rewards.model import RewardModel
     from preftune.rewards.rules import RuleModel
 

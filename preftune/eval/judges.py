@@ -90,7 +90,7 @@ class RewardJudge:
 
     def __init__(self, reward, *, mode: str = "bradley_terry", temperature: float = 1.0, tie_tolerance: float = 0.0,
                  batch_size: int = 16, name: str | None = None):
-        from preftune.rewards.base import load_reward
+        from preftune.rewards.loading import load_reward
 
         if mode not in ("bradley_terry", "hard"):
             raise PreftuneError(f"reward judge: unknown mode '{mode}' (choose from bradley_terry, hard)")
@@ -271,7 +271,7 @@ JUDGE_SPECS = "reward:SPEC, llm, llm:MODEL, http:MODEL, human:FILE"
 def build_judge(spec: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY", default_model=None,
                 default_tokenizer=None, device: str | None = None, batch_size: int = 4, reward_mode: str = "bradley_terry",
                 cache_dir: str | None = None) -> PairwiseJudge:
-    """A judge from ``"reward:SPEC"`` (see :func:`preftune.rewards.base.load_reward`), ``"llm"`` (the given default
+    """A judge from ``"reward:SPEC"`` (see :func:`preftune.rewards.loading.load_reward`), ``"llm"`` (the given default
     model), ``"llm:MODEL"``, ``"http:MODEL"`` (with ``base_url``) or ``"human:FILE"``."""
     kind, _, arg = spec.partition(":")
     if kind == "reward":

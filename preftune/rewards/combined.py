@@ -9,7 +9,7 @@
   under a tokenizer, without special tokens; by default the preference model's tokenizer) or in **characters**
   (``length_unit: chars``); ``β`` = ``length_penalty`` (default 0).
 
-A combination is written as YAML / JSON (or a dict) and loaded with :func:`preftune.rewards.base.load_reward`::
+A combination is written as YAML / JSON (or a dict) and loaded with :func:`preftune.rewards.loading.load_reward`::
 
     preference: runs/rm/final            # any reward spec: model folder, module:function, ...
     preference_weight: 1.0
@@ -25,7 +25,7 @@ A combination is written as YAML / JSON (or a dict) and loaded with :func:`preft
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -36,7 +36,7 @@ from pydantic import Field
 from preftune.config import BaseConfig, build_config
 from preftune.data.formats import Prompt
 from preftune.errors import PreftuneError
-from preftune.rewards.base import RewardFunction, check_batch, load_reward, to_reward_tensor
+from preftune.rewards.base import RewardFunction, check_batch, to_reward_tensor
 
 
 class RuleTerm(BaseConfig):
@@ -113,8 +113,10 @@ class CombinedReward:
 
     # -- from a config -------------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: dict | CombinedRewardConfig, *, base_dir: str | Path | None = None, **load_kwargs) -> CombinedReward:
-        """Build from a dict / :class:`CombinedRewardConfig`; relative paths are taken from ``base_dir`` when they exist there."""
+    def from_config(cls, config: dict | CombinedRewardConfig, *, load_part: Callable[..., RewardFunction],
+                    base_dir: str | Path | None = None, **load_kwargs) -> CombinedReward:
+        """Build from a dict / :class:`CombinedRewardConfig`; relative paths are taken from ``base_dir`` when they exist there.
+        ``load_part(spec, **load_kwargs)`` loads each part (:func:`preftune.rewards.loading.load_reward`)."""
         if isinstance(config, dict):
             config = build_config(CombinedRewardConfig, config, "combined reward")
 
@@ -127,7 +129,7 @@ class CombinedReward:
 
         def loaded(spec: str) -> RewardFunction:
             if spec not in cache:
-                cache[spec] = load_reward(spec, **load_kwargs)
+                cache[spec] = load_part(spec, **load_kwargs)
             return cache[spec]
 
         preference = loaded(resolve(config.preference)) if config.preference else None
@@ -148,7 +150,7 @@ class CombinedReward:
                    length_unit=config.length_unit, tokenizer=tokenizer)
 
     @classmethod
-    def from_file(cls, path: str | Path, **load_kwargs) -> CombinedReward:
+    def from_file(cls, path: str | Path, *, load_part: Callable[..., RewardFunction], **load_kwargs) -> CombinedReward:
         path = Path(path)
         try:
             text = path.read_text()
@@ -157,4 +159,4 @@ class CombinedReward:
             raise PreftuneError(f"combined reward config {path}: cannot read it ({err})") from None
         if not isinstance(data, dict):
             raise PreftuneError(f"combined reward config {path}: expected a mapping, got {type(data).__name__}")
-        return cls.from_config(data, base_dir=path.parent, **load_kwargs)
+        return cls.from_config(data, load_part=load_part, base_dir=path.parent, **load_kwargs)
