@@ -277,7 +277,7 @@ def run_dpo(config: DPOConfig) -> int:
     from preftune.data.tokenize import encode_pair, encode_unpaired
     from preftune.losses.preference import get_loss
     from preftune.models.logprobs import resolve_layout
-    from preftune.models.lora import frozen_copy
+    from preftune.models.reference import frozen_copy
     from preftune.train.dpo import (
         KTOStep,
         LossKnobs,

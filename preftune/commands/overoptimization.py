@@ -68,7 +68,7 @@ def run_overoptimization(config: OveroptimizationConfig) -> int:
     from preftune.data.readers import write_jsonl
     from preftune.generation.engine import HFEngine, SamplingParams
     from preftune.models.loading import load_model, load_tokenizer
-    from preftune.models.lora import frozen_copy
+    from preftune.models.reference import frozen_copy
     from preftune.rewards.loading import load_reward
     from preftune.rl import overoptimization as oo
     from preftune.train.reward import train_reward

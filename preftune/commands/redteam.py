@@ -125,7 +125,7 @@ def _rl_stage(config: RedTeamConfig, red_team, attacker, attacker_tok, out: Path
     from preftune.eval import redteam as rt
     from preftune.data.tokenize import encode_prompt
     from preftune.generation.engine import HFEngine
-    from preftune.models.lora import frozen_copy
+    from preftune.models.reference import frozen_copy
     from preftune.rl.red_team import AttackerRLSettings, train_attacker
     from preftune.runs import RunDir
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from preftune.errors import PreftuneError
 
@@ -59,13 +58,3 @@ def trainable_summary(model) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return f"{trainable:,} trainable parameters of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
-
-
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A frozen deep copy in eval mode (the reference model of DPO when it is not an adapter-free view)."""
-    import copy
-
-    ref = copy.deepcopy(model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 import torch
 
 from preftune.data.formats import Prompt
+from preftune.errors import PreftuneError
 from preftune.generation.engine import GenerationEngine, SamplingParams
 from preftune.models.logprobs import (_split, _unwrap, completion_hidden, pack_completions, pack_shared_prompts,
                                       resolve_layout, token_logprobs, token_logprobs_and_entropy)
+from preftune.models.reference import NO_REFERENCE, can_disable_adapters, reference_view
 
 
 @dataclass
@@ -234,17 +236,13 @@ def collect_rollout(*, policy, reference: Callable, engine: GenerationEngine, re
 
 
 def make_reference(policy, ref_model=None, *, pad_id: int, temperature: float = 1.0) -> Callable:
-    """The reference log-prob function: a frozen ``ref_model``, or (None) the policy with LoRA adapters disabled."""
+    """The reference log-prob function (per token, as :func:`policy_forward`): π_ref of
+    :func:`preftune.models.reference.reference_view`, a frozen ``ref_model`` or the LoRA policy with adapters off."""
+    if ref_model is None and not can_disable_adapters(policy):
+        raise PreftuneError(NO_REFERENCE)
 
-    def with_model(prompt_ids, sequences):
-        return policy_forward(ref_model, prompt_ids, sequences, pad_id=pad_id, temperature=temperature).logprobs
+    def reference_logprobs(prompt_ids, sequences):
+        with reference_view(policy, ref_model) as ref:
+            return policy_forward(ref, prompt_ids, sequences, pad_id=pad_id, temperature=temperature).logprobs
 
-    def adapters_off(prompt_ids, sequences):
-        with policy.disable_adapter():
-            return policy_forward(policy, prompt_ids, sequences, pad_id=pad_id, temperature=temperature).logprobs
-
-    if ref_model is not None:
-        return with_model
-    if hasattr(policy, "disable_adapter"):
-        return adapters_off
-    raise ValueError("a reference model is needed (or a LoRA policy whose adapters can be switched off)")
+    return reference_logprobs

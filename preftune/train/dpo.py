@@ -23,6 +23,7 @@ from preftune.losses.preference import (
 )
 from preftune.models.logprobs import PackedBatch, completion_logprobs, pack_completions, pack_pairs
 from preftune.models.modes import eval_mode
+from preftune.models.reference import reference_view
 from preftune.progress import progress
 from preftune.train.loop import StepOutput
 
@@ -160,14 +161,9 @@ class Reference:
                 raise PreftuneError(f"no precomputed reference log-probs for example {err.args[0]!r} "
                                     "(did max_steps or the data change since the run started?)") from None
             return torch.stack(rows).to(batch.packed.input_ids.device)
-        with torch.no_grad():
-            if self.mode == "copy":
-                return _sequence_logps(self.ref_model, batch, self.head_chunk_size)
-            ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else None
-            if ctx is None:
-                raise PreftuneError("ref=adapter needs LoRA training (--lora); use ref=precomputed or ref=copy")
-            with eval_mode(model), ctx:
-                return _sequence_logps(model, batch, self.head_chunk_size)
+        missing = "ref=adapter needs LoRA training (--lora); use ref=precomputed or ref=copy"
+        with torch.no_grad(), reference_view(model, self.ref_model if self.mode == "copy" else None, missing=missing) as ref:
+            return _sequence_logps(ref, batch, self.head_chunk_size)
 
     def precompute(self, model, items: list, collate, *, batch_size: int = 8, device=None, desc="reference log-probs") -> None:
         """Fill the cache for ``items`` (those not cached yet) with ``model`` as the reference, no grad, eval mode."""
