@@ -47,7 +47,7 @@ def preftune_samples_per_s(algorithm, *, num_prompts: int, num_samples: int, max
     ids, EOS included where it ended), ``timings_s``: each step's seconds unrounded, both for :func:`share_of_peak`."""
     from preftune.data.tokenize import encode_prompt
     from preftune.models.loading import load_model, load_tokenizer
-    from preftune.rl.experience import value_head_for
+    from preftune.models.policy import value_head_for
     from preftune.rl.loop import OnlineSettings, OnlineTrainer
     from preftune.runs import RunDir
 

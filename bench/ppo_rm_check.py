@@ -76,7 +76,7 @@ def main() -> None:
     from preftune.commands.online import load_prompts
     from preftune.models.loading import load_model, load_tokenizer
     from preftune.rewards.loading import load_reward
-    from preftune.rl.experience import value_head_for
+    from preftune.models.policy import value_head_for
     from preftune.rl.loop import OnlineSettings, OnlineTrainer
     from preftune.rl.ppo import PPO, PPOSettings
     from preftune.runs import RunDir, read_metrics

@@ -18,7 +18,7 @@ import torch
 
 from preftune.generation.engine import GenerationOutput
 from preftune.models.loading import tiny_model
-from preftune.rl.experience import value_head_for
+from preftune.models.policy import value_head_for
 from preftune.rl.loop import TIMING_METRICS, OnlineSettings, OnlineTrainer
 from preftune.rl.pg import PGSettings, PolicyGradient
 from preftune.rl.ppo import PPO, PPOSettings

@@ -10,7 +10,8 @@ from preftune.errors import PreftuneError
 from preftune.models.loading import tiny_model
 from preftune.models.lora import apply_lora
 from preftune.models.reference import NO_REFERENCE, frozen_copy, reference_view
-from preftune.rl.experience import make_reference, policy_forward
+from preftune.rl.experience import make_reference
+from preftune.models.policy import policy_forward
 
 PROMPTS = [[5, 6, 7], [8, 9]]
 SEQUENCES = [[5, 6, 7, 10, 11, 12], [8, 9, 13, 14]]

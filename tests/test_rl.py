@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from preftune.models.loading import tiny_model
-from preftune.rl.experience import value_head_for
+from preftune.models.policy import value_head_for
 from preftune.rl.loop import OnlineSettings, OnlineTrainer
 from preftune.rl.pg import PGSettings, PolicyGradient
 from preftune.rl.ppo import PPO, PPOSettings
@@ -133,7 +133,7 @@ def _naive_token_logprobs(model, prompt, seq):
 @pytest.mark.parametrize("max_row_tokens", [None, 12, 512])
 def test_group_packing_matches_per_sequence_logprobs(chatml_tokenizer, max_row_tokens):
     from preftune.models.logprobs import pack_shared_prompts
-    from preftune.rl.experience import policy_forward
+    from preftune.models.policy import policy_forward
 
     model = tiny_model(len(chatml_tokenizer), seed=3).eval()
     a, b = [5, 6, 7], [8, 9]
@@ -204,7 +204,7 @@ def test_beta_zero_skips_the_reference_pass(chatml_tokenizer, tmp_path):
 def test_fp32_value_head_on_a_bf16_policy(chatml_tokenizer):
     # a bf16 model (the default on a GPU) with the value head as value_head_for makes it (fp32): the hidden states
     # are cast to the head's dtype, the values come out fp32 (this raised "mat1 and mat2 must have the same dtype")
-    from preftune.rl.experience import policy_forward
+    from preftune.models.policy import policy_forward
 
     policy = tiny_model(len(chatml_tokenizer), seed=0).to(torch.bfloat16)
     head = value_head_for(policy.config.hidden_size)

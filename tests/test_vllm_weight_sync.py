@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from preftune.models.loading import tiny_model
-from preftune.rl.experience import value_head_for
+from preftune.models.policy import value_head_for
 from preftune.rl.loop import OnlineSettings, OnlineTrainer
 from preftune.rl.ppo import PPO, PPOSettings
 from preftune.runs import RunDir

@@ -232,7 +232,7 @@ def _run_online(config: OnlineConfig, algorithm, reward_fn=None) -> int:
     from preftune.models.loading import load_model
     from preftune.models.lora import save_final
     from preftune.models.reference import frozen_copy
-    from preftune.rl.experience import Critic, value_head_for
+    from preftune.models.policy import Critic, value_head_for
     from preftune.rl.loop import OnlineSettings, OnlineTrainer
     from preftune.runs import RunDir
 

@@ -29,7 +29,8 @@ import torch
 
 from preftune.errors import PreftuneError
 from preftune.losses.preference import SOFT_LABEL_LOSSES, PairLogps, get_loss, paired_loss, preference_metrics
-from preftune.rl.experience import PolicyForward, Rollout
+from preftune.rl.experience import Rollout
+from preftune.models.policy import PolicyForward
 
 
 @dataclass

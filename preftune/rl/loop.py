@@ -44,7 +44,8 @@ from preftune.generation.engine import GenerationEngine, HFEngine, SamplingParam
 from preftune.losses import policy as P
 from preftune.memory import retain_freed_memory
 from preftune.progress import progress
-from preftune.rl.experience import Rollout, chunks, collect_rollout, make_reference, policy_forward, response_mask
+from preftune.rl.experience import Rollout, chunks, collect_rollout, make_reference
+from preftune.models.policy import policy_forward, response_mask
 from preftune.rewards.base import as_reward_function
 from preftune.runs import RunDir, resolve_resume
 from preftune.train.loop import adamw, load_checkpoint, make_accelerator, save_checkpoint

@@ -202,7 +202,7 @@ def train_rl(policy, tokenizer, tracker: GoldTracker, prompts: Sequence, prompt_
              method: str = "rloo", ref_model=None) -> list[CurvePoint]:
     """Optimise ``policy`` against the tracker's proxy with RLOO (``method="rloo"``) or PPO (a value head on the
     policy) through :class:`preftune.rl.loop.OnlineTrainer` (``settings``: its :class:`OnlineSettings`)."""
-    from preftune.rl.experience import value_head_for
+    from preftune.models.policy import value_head_for
     from preftune.rl.pg import PGSettings, PolicyGradient
     from preftune.rl.ppo import PPO, PPOSettings
     from preftune.runs import read_metrics

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from preftune.losses import policy as P
-from preftune.rl.experience import PolicyForward, Rollout
+from preftune.rl.experience import Rollout
+from preftune.models.policy import PolicyForward
 
 
 @dataclass
