@@ -7,17 +7,8 @@ import math
 import pytest
 import torch
 
-from preftune.models.logprobs import (
-    block_attention_mask,
-    completion_logprobs,
-    from_padded,
-    pack_completions,
-    pack_pairs,
-    pair_logprobs,
-    per_position,
-    resolve_layout,
-    token_logprobs,
-)
+from preftune.models.logprobs import completion_logprobs, pair_logprobs, per_position, resolve_layout, token_logprobs
+from preftune.models.packing import block_attention_mask, from_padded, pack_completions, pack_pairs
 from preftune.models.loading import tiny_model
 
 PAD = 2

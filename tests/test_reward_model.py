@@ -11,7 +11,7 @@ import torch
 
 from preftune.errors import PreftuneError
 from preftune.models.heads import ScalarHeadModel, last_real_index, pad_rows
-from preftune.models.logprobs import pack_pairs
+from preftune.models.packing import pack_pairs
 from preftune.rewards.base import META_FILE, PythonReward, RewardFunction, as_reward_function
 from preftune.rewards.loading import load_reward
 from preftune.rewards.combined import CombinedReward

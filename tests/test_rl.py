@@ -132,7 +132,7 @@ def _naive_token_logprobs(model, prompt, seq):
 
 @pytest.mark.parametrize("max_row_tokens", [None, 12, 512])
 def test_group_packing_matches_per_sequence_logprobs(chatml_tokenizer, max_row_tokens):
-    from preftune.models.logprobs import pack_shared_prompts
+    from preftune.models.packing import pack_shared_prompts
     from preftune.models.policy import policy_forward
 
     model = tiny_model(len(chatml_tokenizer), seed=3).eval()
@@ -153,7 +153,7 @@ def test_group_packing_matches_per_sequence_logprobs(chatml_tokenizer, max_row_t
 
 
 def test_group_by_prompt_and_pack_groups_layout():
-    from preftune.models.logprobs import group_by_prompt, pack_groups
+    from preftune.models.packing import group_by_prompt, pack_groups
 
     assert group_by_prompt([[1, 2], [3], [1, 2]]) == ([[1, 2], [3]], [[0, 2], [1]])
     batch = pack_groups([[1, 2]], [[[3, 4], [5]]], pad_id=0)

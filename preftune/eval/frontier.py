@@ -60,7 +60,8 @@ def frontier_point(name: str, policy_logprobs: Sequence[float], reference_logpro
 def sequence_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], *,
                       pad_id: int, batch_size: int = 8) -> list[float]:
     """Summed log π(completion | prompt) for each pair of id lists, ``[N]``."""
-    from preftune.models.logprobs import completion_logprobs, pack_completions, resolve_layout
+    from preftune.models.logprobs import completion_logprobs, resolve_layout
+    from preftune.models.packing import pack_completions
 
     layout = resolve_layout(model, "auto")
     device = next(model.parameters()).device

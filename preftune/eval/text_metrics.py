@@ -116,7 +116,8 @@ def bertscore(hyps: Sequence[str], refs: Sequence[str], *, encoder_path: str | N
 @torch.no_grad()
 def perplexity(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8) -> dict:
     """Token-level perplexity ``exp(Σ NLL / N)`` of ``model`` on ``texts`` (see module doc); also the mean NLL."""
-    from preftune.models.logprobs import completion_logprobs, pack_completions, resolve_layout
+    from preftune.models.logprobs import completion_logprobs, resolve_layout
+    from preftune.models.packing import pack_completions
 
     if not texts:
         raise PreftuneError("perplexity: no texts")

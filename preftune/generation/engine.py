@@ -39,7 +39,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from preftune.errors import PreftuneError
-from preftune.models.logprobs import group_by_prompt
+from preftune.models.packing import group_by_prompt
 from preftune.models.modes import eval_mode
 from preftune.progress import progress
 

@@ -89,7 +89,8 @@ def answer_logprobs(model, tokenizer, prompts: Sequence[Prompt], answers: Sequen
 
     The answer is tokenised alone (no EOS); after a plain-text prompt (no chat template) it gets a leading space.
     """
-    from preftune.models.logprobs import completion_logprobs, pack_completions, resolve_layout
+    from preftune.models.logprobs import completion_logprobs, resolve_layout
+    from preftune.models.packing import pack_completions
 
     chat = uses_chat_template(tokenizer) if use_chat_template is None else use_chat_template
     p_ids = [encode_prompt(tokenizer, p, use_chat_template=chat) for p in prompts]

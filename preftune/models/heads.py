@@ -11,7 +11,7 @@ mask so left padding gives the same hidden states as right padding.
 Decoders (anything whose sequence-classification class has a ``score`` linear layer: Llama, Qwen, Mistral,
 GPT-2, ...) run their body (``base_model``) and apply ``score`` only at the read positions. They also accept
 the *packed batches* of :mod:`preftune.models.logprobs` (``[prompt, chosen, rejected]`` laid end to end with a
-block mask, see :func:`~preftune.models.logprobs.pack_pairs`), where both completions share one
+block mask, see :func:`~preftune.models.packing.pack_pairs`), where both completions share one
 pass over the prompt. Encoders (BERT, RoBERTa, DeBERTa, ...: a ``classifier`` head on their pooled first token)
 use HF's own forward and must be right-padded (:func:`pad_rows` does that).
 """
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from preftune.errors import PreftuneError
-from preftune.models.logprobs import PackedBatch, block_attention_mask
+from preftune.models.packing import PackedBatch, block_attention_mask
 
 
 def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -43,7 +43,7 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 def last_token_positions(batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """(row, column) of the last scored token of every sequence of a packed batch: ``[S]`` each.
 
-    For :func:`preftune.models.logprobs.pack_pairs` every completion token is scored, so this is the completion's
+    For :func:`preftune.models.packing.pack_pairs` every completion token is scored, so this is the completion's
     last token (its EOS): sequence ``2i`` is pair i's chosen, ``2i+1`` its rejected.
     """
     n = batch.segments.shape[0]
@@ -145,7 +145,7 @@ class ScalarHeadModel(nn.Module):
         """Head outputs at the last real token of every sequence: ``[S, num_outputs]``.
 
         * padded rows: ``input_ids``, ``attention_mask`` ``[B, L]`` (either padding side) → ``[B, num_outputs]``;
-        * a :class:`~preftune.models.logprobs.PackedBatch` → ``[num_sequences, num_outputs]`` in sequence order
+        * a :class:`~preftune.models.packing.PackedBatch` → ``[num_sequences, num_outputs]`` in sequence order
           (for pairs: chosen, rejected, chosen, rejected, ...). Decoders only.
         """
         if isinstance(input_ids, PackedBatch):

@@ -2,7 +2,7 @@
 the sampler drew them), entropies and values, from a value head on the policy's own trunk or a separate critic.
 
 Responses sharing a prompt share its forward pass (the k samples of a group are packed as ``[prompt, y_1, ..., y_k]``
-with a block mask, :func:`preftune.models.logprobs.pack_shared_prompts`), and the LM head runs only where a response
+with a block mask, :func:`preftune.models.packing.pack_shared_prompts`), and the LM head runs only where a response
 token is predicted. Every per-token output is ``[B, T]``, right-padded, 0 on padding.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from preftune.models.logprobs import (_split, _unwrap, completion_hidden, pack_completions, pack_shared_prompts,
-                                      resolve_layout, token_logprobs, token_logprobs_and_entropy)
+from preftune.models.logprobs import (_split, _unwrap, completion_hidden, resolve_layout, token_logprobs, token_logprobs_and_entropy)
+from preftune.models.packing import pack_completions, pack_shared_prompts
 
 
 @dataclass
@@ -44,7 +44,7 @@ def _hidden(model, prompt_ids, sequences, pad_id, max_row_tokens, share_prompts:
     """Hidden states [N, H] at the positions that predict each response token, and the LM head.
 
     With the packed layout and ``share_prompts``, responses to the same prompt (the k samples of a group) are laid
-    out as one group ``[prompt, y_1, ..., y_k]`` (:func:`preftune.models.logprobs.pack_shared_prompts`): the prompt
+    out as one group ``[prompt, y_1, ..., y_k]`` (:func:`preftune.models.packing.pack_shared_prompts`): the prompt
     goes through the decoder once per group instead of k times.
     """
     lm = _unwrap(model)

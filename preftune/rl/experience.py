@@ -12,7 +12,7 @@ step over the whole rollout (one epoch, one minibatch) the loop skips that pass 
 detached, from the training forward itself (:meth:`preftune.rl.loop.OnlineTrainer.update_single_pass`).
 
 Every forward pass lays the k responses of a prompt out as one group ``[prompt, y_1, ..., y_k]`` with a block
-mask (:func:`preftune.models.logprobs.pack_groups`), so the prompt is computed once per group, not k times,
+mask (:func:`preftune.models.packing.pack_groups`), so the prompt is computed once per group, not k times,
 and no padding is processed; the LM head runs only where a response token is predicted.
 """
 

@@ -21,7 +21,8 @@ from preftune.losses.preference import (
     paired_loss,
     preference_metrics,
 )
-from preftune.models.logprobs import PackedBatch, completion_logprobs, pack_completions, pack_pairs
+from preftune.models.logprobs import completion_logprobs
+from preftune.models.packing import PackedBatch, pack_completions, pack_pairs
 from preftune.models.modes import eval_mode
 from preftune.models.reference import reference_view
 from preftune.progress import progress
@@ -86,7 +87,7 @@ class PreferenceBatch:
 
 
 class PairCollator:
-    """Pairs → one :class:`PreferenceBatch` in the chosen layout (see :func:`preftune.models.logprobs.pack_pairs`)."""
+    """Pairs → one :class:`PreferenceBatch` in the chosen layout (see :func:`preftune.models.packing.pack_pairs`)."""
 
     def __init__(self, pad_id: int, layout: str = "packed", max_row_tokens: int | None = None):
         self.pad_id, self.layout, self.max_row_tokens = pad_id, layout, max_row_tokens

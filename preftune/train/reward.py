@@ -9,8 +9,8 @@ Objectives (``objective=``):
 * ``rule``: (prompt, response, rule, followed), :func:`~preftune.losses.reward.binary_cross_entropy_loss`;
 * ``classes``: (prompt, response, [rule], label) with C classes, :func:`~preftune.losses.reward.multiclass_cross_entropy_loss`.
 
-Pairs are laid out by :func:`preftune.models.logprobs.pack_pairs` (``[prompt, chosen, rejected]`` per pair: the
-prompt is run once for both responses), other sequences by :func:`~preftune.models.logprobs.pack_completions`;
+Pairs are laid out by :func:`preftune.models.packing.pack_pairs` (``[prompt, chosen, rejected]`` per pair: the
+prompt is run once for both responses), other sequences by :func:`~preftune.models.packing.pack_completions`;
 the head reads the last token of every completion (:class:`~preftune.models.heads.ScalarHeadModel`).
 """
 
@@ -33,7 +33,8 @@ from preftune.losses.reward import (
     reward_centering_loss,
 )
 from preftune.models.heads import ScalarHeadModel
-from preftune.models.logprobs import BLOCK_MASK_MODEL_TYPES, PackedBatch, pack_completions, pack_pairs
+from preftune.models.logprobs import BLOCK_MASK_MODEL_TYPES
+from preftune.models.packing import PackedBatch, pack_completions, pack_pairs
 from preftune.rewards.rules import RULE_TEMPLATE, ClassExample, rule_suffix
 
 OBJECTIVES = ("bradley_terry", "plackett_luce", "rule", "classes")

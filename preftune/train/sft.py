@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from preftune.losses.sft import sft_loss
-from preftune.models.logprobs import PackedBatch, pack_completions, scored_token_logprobs
+from preftune.models.logprobs import scored_token_logprobs
+from preftune.models.packing import PackedBatch, pack_completions
 from preftune.train.loop import StepOutput
 
 
