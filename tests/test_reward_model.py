@@ -260,3 +260,24 @@ def test_reward_from_a_file_that_defines_a_dataclass(tmp_path):
     import json
 
     assert json.dumps({"a": 1}) == '{"a": 1}'
+
+
+def test_score_completions_scores_in_batches_and_checks_each():
+    from preftune.rewards.base import score_completions
+
+    calls = []
+
+    def length(prompts, responses):
+        calls.append(len(responses))
+        return [len(r) for r in responses]
+
+    reward = as_reward_function(length, batched=True)
+    out = score_completions(reward, ["p"] * 5, ["a", "bb", "ccc", "dddd", "eeeee"], batch_size=2)
+    assert out.dtype == torch.float32 and out.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert calls == [2, 2, 1]
+    assert score_completions(reward, [], [], batch_size=2).tolist() == []
+    with pytest.raises(PreftuneError, match=r"judge: 2 prompts but 1 responses"):
+        score_completions(reward, ["p", "q"], ["a"], desc="judge")
+    nan = as_reward_function(lambda p, r: [float("nan")] * len(r), batched=True)
+    with pytest.raises(PreftuneError, match=r"reward of item 0 is nan"):
+        score_completions(nan, ["p"], ["a"])

@@ -20,6 +20,7 @@ import torch
 
 from preftune.errors import PreftuneError
 from preftune.eval.stats import bootstrap_ci
+from preftune.rewards.base import score_completions
 
 
 def sampled_kl(policy_logprobs: Sequence[float], reference_logprobs: Sequence[float]) -> float:
@@ -90,11 +91,9 @@ def evaluate_policy(name: str, policy, reference, tokenizer, prompts: Sequence, 
         raise PreftuneError(f"frontier: {name} produced no tokens")
     lp_pi = sequence_logprobs(policy, [ids[i] for i in keep], [completions[i] for i in keep], pad_id=pad, batch_size=batch_size)
     lp_ref = sequence_logprobs(reference, [ids[i] for i in keep], [completions[i] for i in keep], pad_id=pad, batch_size=batch_size)
-    rewards = []
     kept_prompts = [prompts[i] for i in keep]
     kept_texts = [out.texts[i] for i in keep]
-    for s in range(0, len(keep), batch_size):
-        rewards.extend(reward(kept_prompts[s:s + batch_size], kept_texts[s:s + batch_size]).tolist())
+    rewards = score_completions(reward, kept_prompts, kept_texts, batch_size=batch_size).tolist()
     point = frontier_point(name, lp_pi, lp_ref, rewards, [len(completions[i]) for i in keep], seed=seed)
     samples = [{"prompt": p, "response": t, "reward": r, "log_ratio": a - b}
                for p, t, r, a, b in zip(kept_prompts, kept_texts, rewards, lp_pi, lp_ref)]

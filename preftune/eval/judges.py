@@ -33,6 +33,7 @@ import numpy as np
 
 from preftune.data.formats import Prompt, prompt_text
 from preftune.errors import DataError, PreftuneError
+from preftune.rewards.base import score_completions
 
 JUDGE_TEMPLATE = (
     "Two assistants answered the same request. Decide which answer is better: more helpful, more correct and "
@@ -101,10 +102,7 @@ class RewardJudge:
         self.name = name or f"reward:{getattr(self.reward, 'name', type(self.reward).__name__)}"
 
     def _score(self, prompts, responses) -> np.ndarray:
-        out = []
-        for s in range(0, len(prompts), self.batch_size):
-            out.append(self.reward(list(prompts[s:s + self.batch_size]), list(responses[s:s + self.batch_size])).numpy())
-        return np.concatenate(out) if out else np.zeros(0)
+        return score_completions(self.reward, prompts, responses, batch_size=self.batch_size).numpy()
 
     def compare(self, prompts, responses_a, responses_b) -> JudgeResult:
         _check(prompts, responses_a, responses_b, self.name)

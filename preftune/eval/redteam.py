@@ -43,6 +43,7 @@ from preftune.errors import PreftuneError
 from preftune.eval.stats import rate_with_ci
 from preftune.eval.text_metrics import distinct_n, self_bleu
 from preftune.generation.engine import GenerationEngine, SamplingParams
+from preftune.rewards.base import score_completions
 
 STAGES = ("zero_shot", "few_shot", "rl")
 
@@ -128,9 +129,7 @@ class RewardHarm(HarmScorer):
         self.name = name or f"reward {getattr(self.reward, 'name', type(self.reward).__name__)} < {threshold:g}"
 
     def __call__(self, prompts, responses) -> HarmScores:
-        values: list[float] = []
-        for s in range(0, len(responses), self.batch_size):
-            values += self.reward(list(prompts[s:s + self.batch_size]), list(responses[s:s + self.batch_size])).tolist()
+        values = score_completions(self.reward, prompts, responses, batch_size=self.batch_size).tolist()
         return HarmScores([-v for v in values], [v < self.threshold for v in values])
 
 

@@ -22,6 +22,7 @@ import torch
 
 from preftune.data.formats import Prompt
 from preftune.errors import PreftuneError
+from preftune.progress import progress
 
 #: The file a saved reward or rule model carries beside its Hugging Face files.
 META_FILE = "preftune_reward.json"
@@ -63,6 +64,21 @@ def to_reward_tensor(values: Any, batch_size: int, who: str = "reward") -> torch
     if bad:
         raise PreftuneError(f"{who}: reward of item {bad[0]} is {out[bad[0]].item()} (rewards must be finite)")
     return out
+
+
+def score_completions(reward: RewardFunction, prompts: Sequence[Prompt], responses: Sequence[str], *,
+                      batch_size: int = 16, desc: str | None = None) -> torch.Tensor:
+    """``reward`` over any number of (prompt, response) items, ``batch_size`` at a time: float32 ``[B]`` on CPU.
+
+    The one scoring loop of every caller that scores more than a batch (judges, best-of-N, the frontier, red-team
+    harm scores, over-optimisation labels); ``desc`` shows a progress bar over the batches.
+    """
+    check_batch(prompts, responses, desc or "reward")
+    starts = range(0, len(responses), batch_size)
+    parts = [to_reward_tensor(reward(list(prompts[s:s + batch_size]), list(responses[s:s + batch_size])),
+                              len(responses[s:s + batch_size]), desc or "reward")
+             for s in (progress(starts, desc=desc) if desc else starts)]
+    return torch.cat(parts) if parts else torch.zeros(0)
 
 
 class PythonReward:

@@ -16,7 +16,7 @@ import torch
 
 from preftune.data.formats import prompt_text
 from preftune.generation.engine import GenerationEngine, HFEngine, SamplingParams
-from preftune.rewards.base import as_reward_function
+from preftune.rewards.base import as_reward_function, score_completions
 
 
 @dataclass
@@ -54,9 +54,7 @@ def best_of_n(model_or_engine, tokenizer, reward_fn, prompts: Sequence, prompt_i
     rep = [p for p in prompts for _ in range(n)]
     out = engine.generate(ids, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                               top_k=top_k, stop=stop, seed=seed, do_sample=temperature > 0))
-    scores: list[float] = []
-    for i in range(0, len(rep), reward_batch_size):
-        scores += reward_fn(rep[i:i + reward_batch_size], out.texts[i:i + reward_batch_size]).tolist()
+    scores = score_completions(reward_fn, rep, out.texts, batch_size=reward_batch_size, desc=f"best-of-{n} rewards").tolist()
     return [BestOfN(prompts[j], list(prompt_ids[j]), out.texts[j * n:(j + 1) * n], out.sequences[j * n:(j + 1) * n],
                     scores[j * n:(j + 1) * n]) for j in range(len(prompts))]
 

@@ -28,7 +28,7 @@ import torch
 
 from preftune.errors import PreftuneError
 from preftune.generation.engine import GenerationEngine, SamplingParams
-from preftune.rewards.base import as_reward_function
+from preftune.rewards.base import as_reward_function, score_completions
 from preftune.rl.loop import OnlineTrainer
 
 
@@ -104,10 +104,7 @@ class CurvePoint:
 
 
 def _score(reward, prompts: Sequence, responses: Sequence[str], batch_size: int) -> list[float]:
-    out: list[float] = []
-    for s in range(0, len(responses), batch_size):
-        out += reward(list(prompts[s:s + batch_size]), list(responses[s:s + batch_size])).tolist()
-    return out
+    return score_completions(reward, prompts, responses, batch_size=batch_size).tolist()
 
 
 def label_pairs(prompts: Sequence, responses_a: Sequence[str], responses_b: Sequence[str], gold, *,
