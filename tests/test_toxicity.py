@@ -167,3 +167,22 @@ def test_eval_toxicity_section_on_a_tiny_model(tmp_path):
     assert data["toxic_prompts"]["prompts"] == 2 and data["nontoxic_prompts"]["prompts"] == 1
     assert len(data["samples"]) == 3 and len(data["samples"][0]["continuations"]) == 4
     assert "Toxicity" in (out / "report.html").read_text()
+
+
+def test_eval_toxicity_table_has_no_repeated_row_when_every_prompt_is_toxic(tmp_path):
+    from preftune.cli import main
+    from preftune.models.loading import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer("chatml")
+    d = tmp_path / "tiny"
+    tiny_model(len(tok)).save_pretrained(d)
+    tok.save_pretrained(d)
+    out = tmp_path / "report"
+    # the fixture's first prompt is its only one with --suite-limit 1, and it is toxic (0.8)
+    assert main(["eval", "--model", str(d), "--toxicity", str(FIXTURES / "toxicity_prompts.jsonl"), "--suite-limit", "1",
+                 "--toxicity-samples", "2", "--toxicity-max-new-tokens", "2", "--toxicity-scorer", "fn:tests.test_toxicity:fake_scorer",
+                 "--bootstrap-samples", "20", "--output-dir", str(out)]) == 0
+    section = json.loads((out / "report.json").read_text())["sections"]["toxicity"]
+    assert [row["prompts"] for row in section["tables"][0]["rows"]] == ["all prompts"]
+    assert "every prompt here is one of the toxic prompts, so the row for them is the first row." in section["text"]
+    assert section["data"]["toxic_prompts"]["prompts"] == 1 and section["data"]["nontoxic_prompts"] is None
