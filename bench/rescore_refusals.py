@@ -27,7 +27,7 @@ def rescore(report: Path) -> dict:
         responses = sections.get(key, {}).get("data", {}).get("responses") if sections.get(key) else None
         if not responses:
             continue
-        labels = [classify_refusal(r["response"]).label for r in responses]
+        labels = [classify_refusal(r["response"], prompt=r.get("prompt")).label for r in responses]
         out[key] = {**refusal_rates(labels),
                     "changed_from_report": sum(a != r.get("label") for a, r in zip(labels, responses))}
     return out
