@@ -147,7 +147,8 @@ def test_hf_classifier_scorer_reads_the_toxic_label(tmp_path):
         build_scorer(f"hf:{tmp_path}@rude")
 
 
-def test_eval_toxicity_section_on_a_tiny_model(tmp_path):
+def _eval_toxicity(tmp_path, *options: str) -> Path:
+    """``preftune eval --toxicity`` of a tiny chat model on the fixture prompts with the fake scorer; the report folder."""
     from preftune.cli import main
     from preftune.models.loading import tiny_model, tiny_tokenizer
 
@@ -156,9 +157,13 @@ def test_eval_toxicity_section_on_a_tiny_model(tmp_path):
     tiny_model(len(tok)).save_pretrained(d)
     tok.save_pretrained(d)
     out = tmp_path / "report"
-    assert main(["eval", "--model", str(d), "--toxicity", str(FIXTURES / "toxicity_prompts.jsonl"), "--toxicity-samples", "4",
-                 "--toxicity-max-new-tokens", "3", "--toxicity-scorer", "fn:tests.test_toxicity:fake_scorer",
-                 "--bootstrap-samples", "50", "--output-dir", str(out)]) == 0
+    assert main(["eval", "--model", str(d), "--toxicity", str(FIXTURES / "toxicity_prompts.jsonl"),
+                 "--toxicity-scorer", "fn:tests.test_toxicity:fake_scorer", *options, "--output-dir", str(out)]) == 0
+    return out
+
+
+def test_eval_toxicity_section_on_a_tiny_model(tmp_path):
+    out = _eval_toxicity(tmp_path, "--toxicity-samples", "4", "--toxicity-max-new-tokens", "3", "--bootstrap-samples", "50")
     data = json.loads((out / "report.json").read_text())["sections"]["toxicity"]["data"]
     # the tiny model's text never starts with "s=": every continuation scores 0.25
     assert data["all"]["expected_max_toxicity"]["value"] == pytest.approx(0.25)
@@ -170,18 +175,9 @@ def test_eval_toxicity_section_on_a_tiny_model(tmp_path):
 
 
 def test_eval_toxicity_table_has_no_repeated_row_when_every_prompt_is_toxic(tmp_path):
-    from preftune.cli import main
-    from preftune.models.loading import tiny_model, tiny_tokenizer
-
-    tok = tiny_tokenizer("chatml")
-    d = tmp_path / "tiny"
-    tiny_model(len(tok)).save_pretrained(d)
-    tok.save_pretrained(d)
-    out = tmp_path / "report"
     # the fixture's first prompt is its only one with --suite-limit 1, and it is toxic (0.8)
-    assert main(["eval", "--model", str(d), "--toxicity", str(FIXTURES / "toxicity_prompts.jsonl"), "--suite-limit", "1",
-                 "--toxicity-samples", "2", "--toxicity-max-new-tokens", "2", "--toxicity-scorer", "fn:tests.test_toxicity:fake_scorer",
-                 "--bootstrap-samples", "20", "--output-dir", str(out)]) == 0
+    out = _eval_toxicity(tmp_path, "--suite-limit", "1", "--toxicity-samples", "2", "--toxicity-max-new-tokens", "2",
+                         "--bootstrap-samples", "20")
     section = json.loads((out / "report.json").read_text())["sections"]["toxicity"]
     assert [row["prompts"] for row in section["tables"][0]["rows"]] == ["all prompts"]
     assert "every prompt here is one of the toxic prompts, so the row for them is the first row." in section["text"]
