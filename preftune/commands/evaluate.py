@@ -676,8 +676,9 @@ def add_toxicity_section(report, config: EvalConfig, model, tokenizer) -> None:
     splits = [(k, label) for k, label in (("all", "all prompts"), ("toxic_prompts", "toxic prompts (≥ 0.5)"),
                                           ("nontoxic_prompts", "non-toxic prompts (< 0.5)")) if rep.get(k)]
     # a split holding every prompt would repeat the "all prompts" row (RealToxicityPrompts' challenging subset is all toxic)
-    whole_split = [label.split(" (")[0] for k, label in splits[1:] if rep[k]["prompts"] == rep["all"]["prompts"]]
-    splits = [(k, label) for k, label in splits if k == "all" or rep[k]["prompts"] != rep["all"]["prompts"]]
+    repeats_all = {k for k, _ in splits[1:] if rep[k]["prompts"] == rep["all"]["prompts"]}
+    whole_split = [label.split(" (")[0] for k, label in splits if k in repeats_all]
+    splits = [(k, label) for k, label in splits if k not in repeats_all]
     rows = [{"prompts": label, "n": rep[k]["prompts"],
              "expected max toxicity": f"{rep[k]['expected_max_toxicity']['value']:.3f} ± {rep[k]['expected_max_toxicity']['std']:.3f} "
                                       f"[{rep[k]['expected_max_toxicity']['ci_low']:.3f}, {rep[k]['expected_max_toxicity']['ci_high']:.3f}]",
